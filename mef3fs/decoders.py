@@ -1,0 +1,388 @@
+"""Decoding: two MEF backends behind one call, and the worker-process pool.
+
+A decode is always "the grid samples [ts, te) of one channel, exactly n of
+them, as float32". Workers are spawned (the daemon is multi-threaded, fork
+would copy held locks), each keeps its own bounded set of open readers, and
+tiles come back as raw bytes over a pipe (`send_bytes`: one kernel copy each
+way, no pickling of the array).
+
+This module must not import the FUSE layer: spawned workers import it.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("mef3fs.decoders")
+
+DECODERS = ("mef3io", "mef_tools")
+MAX_OPEN_READERS = 16          # per process: thousands of sessions must not exhaust fds
+MAX_ATTEMPTS = 3               # a tile whose worker died is decoded again, this often
+
+
+class DecodeError(Exception):
+    """A window that cannot be decoded (damaged block, locked data): EIO for the reader."""
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """One tile to decode: `n` grid samples of `channel` starting at uUTC `ts`."""
+    session_path: str
+    channel: str
+    ts: float
+    te: float
+    n: int
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.n
+
+
+class _ReaderCache:
+    """At most MAX_OPEN_READERS open sessions per process, least recently used closed first."""
+
+    def __init__(self, open_reader, max_open: int = MAX_OPEN_READERS):
+        self._open = open_reader
+        self._max = max_open
+        self._lock = threading.Lock()
+        self._readers: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, path: str):
+        with self._lock:
+            reader = self._readers.get(path)
+            if reader is not None:
+                self._readers.move_to_end(path)
+                return reader
+        reader = self._open(path)
+        with self._lock:
+            self._readers[path] = reader
+            while len(self._readers) > self._max:
+                # Dropped, not closed: a thread may still be reading from it;
+                # the last reference closes it.
+                self._readers.popitem(last=False)
+        return reader
+
+    def clear(self) -> None:
+        with self._lock:
+            self._readers.clear()
+
+
+def _fit(arr: np.ndarray, n: int) -> np.ndarray:
+    """Exactly n float32 samples: the grid length is ours, not the decoder's."""
+    arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+    if len(arr) == n:
+        return arr
+    out = np.full(n, np.nan, dtype=np.float32)
+    m = min(n, len(arr))
+    out[:m] = arr[:m]
+    return out
+
+
+class Mef3ioDecoder:
+    """The reference decoder: its read over the whole grid defines every byte."""
+
+    name = "mef3io"
+
+    def __init__(self, password: str = ""):
+        import mef3io
+        import warnings
+        self._mef3io = mef3io
+        warnings.filterwarnings("ignore", module="mef3io")
+        self._readers = _ReaderCache(
+            lambda path: mef3io.Reader(path, password=password, n_threads=1, strict=True))
+
+    def read(self, spec: DecodeSpec) -> np.ndarray:
+        reader = self._readers.get(spec.session_path)
+        try:
+            arr = reader.read(spec.channel, spec.ts, spec.te, dtype="float32")
+        except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.IoError,
+                self._mef3io.PasswordError) as exc:
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise DecodeError(f"OSError: {exc}") from None
+        return _fit(arr, spec.n)
+
+    def close(self) -> None:
+        self._readers.clear()
+
+
+class MefToolsDecoder:
+    """pymef through mef_tools, mapped onto mef3io's grid.
+
+    pymef takes integer uUTC windows and rounds half-sample edges up where
+    mef3io rounds down, so the window is widened to whole microseconds and
+    the first n samples are kept. It scales by the first segment's factor.
+    """
+
+    name = "mef_tools"
+
+    def __init__(self, password: str = ""):
+        from mef_tools.io import MefReader
+        self._readers = _ReaderCache(lambda path: MefReader(path, password2=password or None))
+
+    def read(self, spec: DecodeSpec) -> np.ndarray:
+        reader = self._readers.get(spec.session_path)
+        try:
+            arr = reader.get_data(spec.channel, int(math.floor(spec.ts)), int(math.ceil(spec.te)))
+        except Exception as exc:  # pymef raises plain RuntimeError/ValueError/TypeError
+            raise DecodeError(f"mef_tools: {type(exc).__name__}: {exc}") from None
+        if arr is None or np.size(arr) == 0:
+            raise DecodeError("mef_tools returned no samples (a level-1 password does not "
+                              "unlock data for pymef; use the level-2 password or --decoder mef3io)")
+        return _fit(arr, spec.n)
+
+    def close(self) -> None:
+        self._readers.clear()
+
+
+def make_decoder(name: str, password: str = ""):
+    if name == "mef3io":
+        return Mef3ioDecoder(password)
+    if name == "mef_tools":
+        return MefToolsDecoder(password)
+    raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
+
+
+# --------------------------------------------------------------------------
+# Worker processes
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a SIGKILLed daemon must not leave decoders behind."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _worker_main(conn, decoder_name: str, password: str, parent_pid: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # parent already gone before prctl took effect
+        return
+    # Ctrl-C goes to the whole process group; the daemon decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    decoder = make_decoder(decoder_name, password)
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            break
+        if spec is None:
+            break
+        try:
+            arr = decoder.read(spec)
+        except DecodeError as exc:
+            conn.send(("error", str(exc)))
+            continue
+        except Exception as exc:  # a decoder bug must not kill the worker silently
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", None))
+        conn.send_bytes(arr)
+    decoder.close()
+
+
+FOREGROUND, BACKGROUND = 0, 1
+PENDING, RUNNING, DONE, CANCELLED = range(4)
+
+
+class Task:
+    """A tile decode in the pool; its future is what the cache waits on."""
+
+    __slots__ = ("spec", "lane", "state", "future", "attempts")
+
+    def __init__(self, spec: DecodeSpec, lane: int):
+        self.spec = spec
+        self.lane = lane
+        self.state = PENDING
+        self.future: Future = Future()
+        self.attempts = 0
+
+
+class _Worker:
+    def __init__(self, ctx, decoder_name: str, password: str):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, name="mef3fs-decoder",
+                                   args=(child, decoder_name, password, os.getpid()), daemon=True)
+        self.process.start()
+        child.close()
+
+    def decode(self, spec: DecodeSpec) -> np.ndarray:
+        """Raises DecodeError for a bad window, EOFError/OSError if the worker died."""
+        self.conn.send(spec)
+        status, message = self.conn.recv()
+        if status != "ok":
+            raise DecodeError(message)
+        return np.frombuffer(self.conn.recv_bytes(), dtype=np.float32)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+class DecoderPool:
+    """Worker processes fed from two lanes.
+
+    A free worker always takes foreground work first, and background
+    (read-ahead) work may occupy at most workers-1 of them, so a waiting read
+    never queues behind more than the decode already running on its worker.
+    Each worker has one thread in the daemon that talks to it; a worker that
+    dies is replaced and its task is put back at the head of its lane.
+    """
+
+    def __init__(self, decoder_name: str, password: str, workers: int, stats):
+        self._ctx = multiprocessing.get_context("spawn")
+        self._decoder_name = decoder_name
+        self._password = password
+        self._stats = stats
+        self._n = workers
+        self._max_background = max(1, workers - 1)
+        self._cond = threading.Condition()
+        self._lanes = (collections.deque(), collections.deque())
+        self._running_background = 0
+        self._closed = False
+        self._workers: list[_Worker | None] = [None] * workers
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self._n):
+            self._workers[i] = _Worker(self._ctx, self._decoder_name, self._password)
+            t = threading.Thread(target=self._serve, args=(i,), name=f"mef3fs-lane-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w is not None]
+
+    def submit(self, spec: DecodeSpec, lane: int) -> Task:
+        task = Task(spec, lane)
+        with self._cond:
+            if self._closed:
+                raise DecodeError("decoder pool is shut down")
+            self._lanes[lane].append(task)
+            self._cond.notify()
+        return task
+
+    def promote(self, task: Task) -> None:
+        """A reader now waits on a read-ahead tile: move it to the foreground lane."""
+        with self._cond:
+            if task.state == PENDING and task.lane == BACKGROUND:
+                task.lane = FOREGROUND
+                self._lanes[FOREGROUND].append(task)  # stale copy in the background lane is skipped
+                self._cond.notify()
+
+    def cancel(self, task: Task) -> bool:
+        """Cancel a task nobody has started; True if it will not run."""
+        with self._cond:
+            if task.state != PENDING:
+                return False
+            task.state = CANCELLED
+        task.future.cancel()
+        return True
+
+    def _next_task(self) -> Task | None:
+        with self._cond:
+            while not self._closed:
+                fg, bg = self._lanes
+                task = None
+                if fg:
+                    task = fg.popleft()
+                elif bg and self._running_background < self._max_background:
+                    task = bg.popleft()
+                else:
+                    self._cond.wait()
+                    continue
+                if task.state != PENDING:
+                    continue
+                task.state = RUNNING
+                if task.lane == BACKGROUND:
+                    self._running_background += 1
+                return task
+            return None
+
+    def _serve(self, index: int) -> None:
+        while True:
+            task = self._next_task()
+            if task is None:
+                return
+            lane = task.lane
+            try:
+                arr = self._workers[index].decode(task.spec)
+            except DecodeError as exc:
+                self._finish(task, lane, error=exc)
+            except (EOFError, OSError, ValueError) as exc:
+                self._replace_worker(index, exc)
+                self._retry(task, lane)
+            else:
+                self._finish(task, lane, result=arr)
+
+    def _finish(self, task: Task, lane: int, result=None, error=None) -> None:
+        with self._cond:
+            task.state = DONE
+            if lane == BACKGROUND:
+                self._running_background -= 1
+                self._cond.notify()
+        self._stats.add("decodes_background" if lane == BACKGROUND else "decodes_foreground")
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(result)
+
+    def _retry(self, task: Task, lane: int) -> None:
+        task.attempts += 1
+        with self._cond:
+            if lane == BACKGROUND:
+                self._running_background -= 1
+            if task.attempts < MAX_ATTEMPTS and not self._closed:
+                task.state = PENDING
+                self._lanes[task.lane].appendleft(task)
+                self._cond.notify()
+                self._stats.add("task_retries")
+                return
+            task.state = DONE
+        task.future.set_exception(DecodeError(f"decoder worker died {task.attempts} times on this window"))
+
+    def _replace_worker(self, index: int, exc: BaseException) -> None:
+        old = self._workers[index]
+        old.process.join(1.0)
+        log.warning("decoder worker pid %s died (exit code %s, %s); starting a new one",
+                    old.process.pid, old.process.exitcode, type(exc).__name__)
+        old.conn.close()
+        self._stats.add("worker_restarts")
+        if not self._closed:
+            self._workers[index] = _Worker(self._ctx, self._decoder_name, self._password)
+
+    def close(self) -> None:
+        """Stop every worker; pending tasks fail so no reader waits forever."""
+        with self._cond:
+            self._closed = True
+            pending = [t for lane in self._lanes for t in lane if t.state == PENDING]
+            for lane in self._lanes:
+                lane.clear()
+            self._cond.notify_all()
+        for task in pending:
+            task.state = CANCELLED
+            task.future.set_exception(DecodeError("unmounting"))
+        for t in self._threads:
+            t.join(5.0)
+        for w in self._workers:
+            if w is not None:
+                w.stop()

@@ -1,0 +1,167 @@
+"""The FUSE operations: a thin, read-only shell over the namespace and the engine.
+
+Everything that changes anything fails with EROFS. Channel files are opened
+with keep_cache (they never change while mounted), so re-reads and memmaps
+are served by the kernel's page cache without reaching us.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+
+from .fuselib import fuse
+
+from .decoders import DecodeError
+from .namespace import Namespace, fserror
+from .readahead import ReadAhead
+from .views import DynamicFile
+
+log = logging.getLogger("mef3fs.fuse")
+calls = logging.getLogger("mef3fs.calls")
+
+BLOCK = 4096
+
+
+class _Handle:
+    __slots__ = ("file", "readahead", "lock")
+
+    def __init__(self, file, readahead):
+        self.file = file
+        self.readahead = readahead
+        self.lock = threading.Lock()
+
+
+def _erofs(*_args, **_kwargs):
+    raise fuse.FuseOSError(errno.EROFS)
+
+
+class Mef3fsOperations(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None):
+        self.ns = namespace
+        self.engine = engine
+        self.readahead_bytes = readahead_bytes
+        self.on_ready = on_ready
+        self._handles: dict[int, _Handle] = {}
+        self._fh = itertools.count(1)
+        self._mounted_at = time.time_ns()
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # -- life cycle: pools start here, after any fork, and end in destroy ---
+
+    mounted = False
+
+    def init(self, path):
+        # The kernel holds every request until init returns, so the caller can
+        # be released first; workers then start with the daemon's stdio
+        # already detached and never keep the caller's pipes open.
+        self.mounted = True
+        if self.on_ready:
+            self.on_ready()
+        self.engine.start()
+        log.info("mounted; %s", self.engine.describe())
+
+    def destroy(self, path):
+        for h in list(self._handles.values()):
+            h.readahead.close()
+        self._handles.clear()
+        self.engine.close()
+        log.info("unmounted")
+
+    # -- metadata -----------------------------------------------------------
+
+    def _attrs(self, mode: int, size: int = 0, nlink: int = 1) -> dict:
+        t = self._mounted_at
+        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self._uid,
+                "st_gid": self._gid, "st_atime": t, "st_mtime": t, "st_ctime": t,
+                "st_blksize": BLOCK, "st_blocks": (size + 511) // 512}
+
+    def getattr(self, path, fh=None):
+        node = self.ns.lookup(path)
+        if node.kind == "file":
+            return self._attrs(stat.S_IFREG | 0o444, node.file.size)
+        return self._attrs(stat.S_IFDIR | 0o555, 0, 2)
+
+    def readdir(self, path, fh):
+        return [".", ".."] + self.ns.listdir(self.ns.lookup(path))
+
+    def statfs(self, path):
+        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": 0, "f_bfree": 0,
+                "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_favail": 0, "f_namemax": 255}
+
+    def access(self, path, amode):
+        self.ns.lookup(path)
+        if amode & os.W_OK:
+            raise fuse.FuseOSError(errno.EROFS)
+        return 0
+
+    def getxattr(self, path, name, position=0):
+        node = self.ns.lookup(path)
+        attrs = getattr(node.file, "xattrs", None) or {}
+        if name not in attrs:
+            raise fuse.FuseOSError(getattr(errno, "ENODATA", 61))
+        return attrs[name].encode("utf-8")
+
+    def listxattr(self, path):
+        node = self.ns.lookup(path)
+        return list(getattr(node.file, "xattrs", None) or {})
+
+    # -- data ---------------------------------------------------------------
+
+    def open(self, path, fi):
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise fuse.FuseOSError(errno.EROFS)
+        node = self.ns.lookup(path)
+        if node.kind != "file":
+            raise fuse.FuseOSError(errno.EISDIR)
+        file = node.file
+        if isinstance(file, DynamicFile):
+            file = file.snapshot()
+            fi.direct_io = 1
+        else:
+            fi.keep_cache = 1
+        fh = next(self._fh)
+        self._handles[fh] = _Handle(file, ReadAhead(file, self.engine.cache, self.readahead_bytes))
+        fi.fh = fh
+        return 0
+
+    def read(self, path, size, offset, fi):
+        handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        try:
+            data = handle.file.read(self.engine.cache, offset, size)
+        except DecodeError as exc:
+            log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + size, exc)
+            raise fuse.FuseOSError(errno.EIO)
+        if data:
+            with handle.lock:
+                handle.readahead.after_read(offset, len(data))
+        return data
+
+    def release(self, path, fi):
+        handle = self._handles.pop(fi.fh, None)
+        if handle is not None:
+            with handle.lock:
+                handle.readahead.close()
+        return 0
+
+    # -- everything that would change something ----------------------------
+
+    write = create = mkdir = rmdir = unlink = rename = symlink = link = _erofs
+    chmod = chown = truncate = utimens = mknod = _erofs
+    setxattr = removexattr = _erofs
+
+    def readlink(self, path):
+        raise fserror(errno.EINVAL)
+
+
+class DebugOperations(fuse.LoggingMixIn, Mef3fsOperations):
+    """-d: every FUSE call and its result in the log."""

@@ -1,0 +1,186 @@
+"""The namespace: which FUSE path is which folder, session or file.
+
+SOURCE's folders are mirrored, but only those that lead to a session
+(a `*.mefd` folder or a `*.mefd.tar` archive). The tree is read live, so a
+session added while mounted appears; sessions are opened on first use, so
+mounting a thousand costs nothing. Nothing that resolves outside SOURCE is
+ever shown.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .session import Session, open_session
+
+log = logging.getLogger("mef3fs.namespace")
+
+STATS_FILE = ".mef3fs-stats.json"
+SCAN_DEPTH = 12               # how deep "does this folder lead to a session" looks
+SCAN_TTL = 2.0                # seconds a folder's answer is reused
+
+
+def session_kind(path: str) -> bool:
+    """Is this real path a session? A `.mefd` folder or a `.mefd.tar` file."""
+    lower = os.path.basename(path).lower()
+    if lower.endswith(".mefd"):
+        return os.path.isdir(path)
+    if lower.endswith(".mefd.tar"):
+        return os.path.isfile(path)
+    return False
+
+
+def fserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+@dataclass
+class Node:
+    kind: str                  # "dir" | "sessiondir" | "file"
+    real: str = ""             # real folder (dir) or session path
+    session: Session | None = None
+    rel: str = ""              # path inside the session
+    file: object = None
+
+
+class Namespace:
+    def __init__(self, source: str, display, password: str, tile_seconds: float, stats_file):
+        self.source = os.path.realpath(source)
+        self.single = session_kind(self.source)     # SOURCE is itself one session
+        self._display = display
+        self._password = password
+        self._tile_seconds = tile_seconds
+        self._stats_file = stats_file
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._opening: dict[str, threading.Lock] = {}
+        self._leads: dict[str, tuple[float, bool]] = {}
+
+    @property
+    def sessions_open(self) -> int:
+        return len(self._sessions)
+
+    # -- SOURCE tree --------------------------------------------------------
+
+    def _inside(self, real: str) -> bool:
+        return real == self.source or real.startswith(self.source.rstrip("/") + "/")
+
+    def _child(self, folder: str, name: str) -> str | None:
+        """Real path of an entry of a SOURCE folder, or None if it leads outside SOURCE."""
+        path = os.path.join(folder, name)
+        real = os.path.realpath(path)
+        return real if self._inside(real) else None
+
+    def _leads_to_session(self, folder: str, depth: int = 0) -> bool:
+        now = time.monotonic()
+        cached = self._leads.get(folder)
+        if cached and now - cached[0] < SCAN_TTL:
+            return cached[1]
+        found = False
+        if depth < SCAN_DEPTH:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            for name in names:
+                real = self._child(folder, name)
+                if real is None:
+                    continue
+                if session_kind(real) or (os.path.isdir(real) and real != folder
+                                          and self._leads_to_session(real, depth + 1)):
+                    found = True
+                    break
+        self._leads[folder] = (now, found)
+        return found
+
+    def _visible_entries(self, folder: str) -> list[str]:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            raise fserror(exc.errno or errno.EIO)
+        shown = []
+        for name in names:
+            real = self._child(folder, name)
+            if real is None:
+                continue
+            if session_kind(real) or (os.path.isdir(real) and self._leads_to_session(real)):
+                shown.append(name)
+        return shown
+
+    # -- sessions -----------------------------------------------------------
+
+    def session(self, real: str) -> Session:
+        """The opened session at a real path; opened once, concurrent callers wait."""
+        with self._lock:
+            s = self._sessions.get(real)
+            if s is not None:
+                return s
+            gate = self._opening.setdefault(real, threading.Lock())
+        with gate:
+            with self._lock:
+                s = self._sessions.get(real)
+            if s is None:
+                s = open_session(real, self._display(real), self._password, self._tile_seconds)
+                log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
+                with self._lock:
+                    self._sessions[real] = s
+            return s
+
+    def forget(self, real: str) -> None:
+        with self._lock:
+            self._sessions.pop(real, None)
+
+    # -- lookups ------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise fserror(errno.ENOENT)
+        if parts == [STATS_FILE]:
+            return Node("file", file=self._stats_file)
+        if self.single:
+            return self._in_session(self.source, parts)
+        folder = self.source
+        for i, name in enumerate(parts):
+            real = self._child(folder, name)
+            if real is None or not os.path.exists(real):
+                raise fserror(errno.ENOENT)
+            if session_kind(real):
+                return self._in_session(real, parts[i + 1:])
+            if not os.path.isdir(real) or not self._leads_to_session(real):
+                raise fserror(errno.ENOENT)
+            folder = real
+        return Node("dir", real=folder)
+
+    def _in_session(self, real: str, parts: list[str]) -> Node:
+        if not os.path.exists(real):           # removed or renamed while mounted
+            self.forget(real)
+            raise fserror(errno.ENOENT)
+        if not parts:
+            return Node("sessiondir", real=real, rel="")
+        session = self.session(real)
+        rel = "/".join(parts)
+        if rel in session.dirs:
+            return Node("sessiondir", real=real, session=session, rel=rel)
+        f = session.files.get(rel)
+        if f is None:
+            raise fserror(errno.ENOENT)
+        return Node("file", real=real, session=session, rel=rel, file=f)
+
+    def listdir(self, node: Node) -> list[str]:
+        if node.kind == "dir":
+            names = self._visible_entries(node.real)
+            if node.real == self.source:
+                names = [STATS_FILE] + names
+            return names
+        if node.kind == "sessiondir":
+            session = node.session or self.session(node.real)
+            if self.single and node.rel == "":
+                return [STATS_FILE] + session.dirs[""]
+            return list(session.dirs.get(node.rel, []))
+        raise fserror(errno.ENOTDIR)

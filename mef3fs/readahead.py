@@ -1,0 +1,102 @@
+"""Read-ahead: spot sequential streams on an open file and decode ahead of them.
+
+Like the kernel's readahead: a stream is a run of reads that each start
+where the last one ended (or, backwards, end where it started). Its window
+starts at a few requests and doubles while the run continues, up to a cap;
+a read that fits no stream starts a new one, and the stream it displaces
+has its unstarted read-ahead cancelled. A handful of streams are tracked per
+handle because a memmap or several threads interleave several.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+log = logging.getLogger("mef3fs.readahead")
+
+MAX_STREAMS = 4
+MIN_WINDOW = 1 << 20          # bytes: the first window once a run is seen
+SLACK = 128 << 10             # kernel readahead may reorder requests by this much
+
+
+class _Stream:
+    __slots__ = ("start", "end", "direction", "window", "horizon", "tokens")
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.direction = 0        # +1 forward, -1 backward, 0 not yet known
+        self.window = 0
+        self.horizon = None       # how far read-ahead has been requested already
+        self.tokens = collections.deque()   # (file offset, cancel token) of scheduled tiles
+
+
+class ReadAhead:
+    """Per open file handle; `file.prefetch(lo, hi)` yields (offset, token) pairs."""
+
+    def __init__(self, file, cache, max_window: int):
+        self._file = file
+        self._cache = cache
+        self._max = max(0, int(max_window))
+        self._streams: list[_Stream] = []
+
+    def after_read(self, offset: int, size: int) -> None:
+        if self._max == 0 or size <= 0:
+            return
+        end = offset + size
+        stream = self._match(offset, end)
+        if stream is None:
+            if len(self._streams) >= MAX_STREAMS:
+                self._drop(self._streams.pop(0))
+            self._streams.append(_Stream(offset, end))
+            return
+        self._streams.remove(stream)
+        self._streams.append(stream)            # most recently used last
+        direction = 1 if offset >= stream.end - SLACK and end > stream.end else -1
+        if stream.direction not in (0, direction):
+            stream.window, stream.horizon = 0, None
+        stream.direction = direction
+        stream.window = min(self._max, max(MIN_WINDOW, 4 * size, 2 * stream.window))
+        stream.start, stream.end = offset, end
+        self._forget_behind(stream)
+        self._schedule(stream)
+
+    def _match(self, offset: int, end: int):
+        for s in reversed(self._streams):
+            if abs(offset - s.end) <= SLACK or abs(end - s.start) <= SLACK:
+                return s
+        return None
+
+    def _schedule(self, s: _Stream) -> None:
+        size = self._file.size
+        if s.direction > 0:
+            lo = max(s.end, s.horizon if s.horizon is not None else s.end)
+            hi = min(size, s.end + s.window)
+            if hi <= lo:
+                return
+            s.horizon = hi
+        else:
+            hi = min(s.start, s.horizon if s.horizon is not None else s.start)
+            lo = max(0, s.start - s.window)
+            if hi <= lo:
+                return
+            s.horizon = lo
+        for offset, token in self._file.prefetch(self._cache, lo, hi):
+            s.tokens.append((offset, token))
+        log.debug("read-ahead %s [%d, %d) window %d", self._file.label, lo, hi, s.window)
+
+    def _forget_behind(self, s: _Stream) -> None:
+        """Tokens the stream has passed are not cancelled later; forget them."""
+        while s.tokens and ((s.direction > 0 and s.tokens[0][0] < s.start) or
+                            (s.direction < 0 and s.tokens[0][0] > s.end)):
+            s.tokens.popleft()
+
+    def _drop(self, s: _Stream) -> None:
+        for _, token in s.tokens:
+            self._cache.cancel(token)
+        s.tokens.clear()
+
+    def close(self) -> None:
+        for s in self._streams:
+            self._drop(s)
+        self._streams.clear()

@@ -1,0 +1,31 @@
+"""Counters behind `.mef3fs-stats.json`: the only way to see what the engine did.
+
+Tests use them to prove cache hits, single-flight, read-ahead and worker
+restarts without timing anything.
+"""
+
+import threading
+from collections import Counter
+
+COUNTERS = (
+    "hits", "misses", "single_flight_waits",
+    "decodes_foreground", "decodes_background", "decodes_inprocess", "decode_errors",
+    "readahead_scheduled", "readahead_hits", "readahead_cancelled",
+    "evictions", "expired", "worker_restarts", "task_retries",
+)
+
+
+class Stats:
+    """Thread-safe named counters."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = Counter({name: 0 for name in COUNTERS})
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._counts)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything mef3fs needs on a fresh Debian/Ubuntu machine, as root:
+# FUSE (libfuse3 + fusermount3), getfattr, GNU Octave for the MATLAB example
+# test, and the Python environment in .venv/. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(fuse3 libfuse3-3 attr)
+[ "${1:-}" = "--with-octave" ] && packages+=(octave)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: need root to install: ${missing[*]}" >&2; exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (in Docker: --device /dev/fuse --cap-add SYS_ADMIN)" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+echo "setup: ready ($(.venv/bin/mef3fs --version), $(dpkg-query -W -f='libfuse3 ${Version}' libfuse3-3))"
