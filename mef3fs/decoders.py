@@ -241,9 +241,10 @@ class _Worker:
 class DecoderPool:
     """Worker processes fed from two lanes.
 
-    A free worker always takes foreground work first, and background
-    (read-ahead) work may occupy at most workers-1 of them, so a waiting read
-    never queues behind more than the decode already running on its worker.
+    A free worker always takes foreground work first. Read-ahead may occupy
+    every worker (on a small machine, reserving one would halve a scan), so
+    the cache decodes a foreground tile in the caller's thread when no worker
+    is idle (`idle()`): a waiting read never queues behind read-ahead.
     Each worker has one thread in the daemon that talks to it; a worker that
     dies is replaced and its task is put back at the head of its lane.
     """
@@ -254,7 +255,8 @@ class DecoderPool:
         self._password = password
         self._stats = stats
         self._n = workers
-        self._max_background = max(1, workers - 1)
+        self._max_background = workers
+        self._busy = 0
         self._cond = threading.Condition()
         self._lanes = (collections.deque(), collections.deque())
         self._running_background = 0
@@ -268,6 +270,11 @@ class DecoderPool:
             t = threading.Thread(target=self._serve, args=(i,), name=f"mef3fs-lane-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def idle(self) -> bool:
+        """A worker would start a new foreground task at once."""
+        with self._cond:
+            return self._busy < self._n and not self._lanes[FOREGROUND]
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None]
@@ -313,6 +320,7 @@ class DecoderPool:
                 if task.state != PENDING:
                     continue
                 task.state = RUNNING
+                self._busy += 1
                 if task.lane == BACKGROUND:
                     self._running_background += 1
                 return task
@@ -337,9 +345,10 @@ class DecoderPool:
     def _finish(self, task: Task, lane: int, result=None, error=None) -> None:
         with self._cond:
             task.state = DONE
+            self._busy -= 1
             if lane == BACKGROUND:
                 self._running_background -= 1
-                self._cond.notify()
+            self._cond.notify()
         self._stats.add("decodes_background" if lane == BACKGROUND else "decodes_foreground")
         if error is not None:
             task.future.set_exception(error)
@@ -349,6 +358,7 @@ class DecoderPool:
     def _retry(self, task: Task, lane: int) -> None:
         task.attempts += 1
         with self._cond:
+            self._busy -= 1
             if lane == BACKGROUND:
                 self._running_background -= 1
             if task.attempts < MAX_ATTEMPTS and not self._closed:

@@ -13,6 +13,19 @@ if not (os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME
         and find_library("fuse3"):
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
+import ctypes  # noqa: E402
+
+import numpy as np  # noqa: E402
 import mfusepy as fuse  # noqa: E402
 
-FUSE = fuse.FUSE
+
+class FUSE(fuse.FUSE):
+    """mfusepy's FUSE with a zero-copy read: the operations fill the kernel's
+    buffer in place (`read_into`) instead of returning bytes that are then
+    copied again (measured: about twice the warm throughput)."""
+
+    def read(self, path, buf, size, offset, fip):
+        dest = np.ctypeslib.as_array(ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint8)), shape=(size,))
+        fi = fip.contents
+        return self.operations.read_into(None if path is None else path.decode(self.encoding, self.errors),
+                                         dest, offset, fi if self.raw_fi else fi.fh)

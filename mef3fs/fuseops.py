@@ -15,6 +15,8 @@ import stat
 import threading
 import time
 
+import numpy as np
+
 from .fuselib import fuse
 
 from .decoders import DecodeError
@@ -132,19 +134,25 @@ class Mef3fsOperations(fuse.Operations):
         fi.fh = fh
         return 0
 
-    def read(self, path, size, offset, fi):
+    def read_into(self, path, dest, offset, fi) -> int:
+        """The read callback proper: bytes go straight into the kernel's buffer (see fuselib)."""
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise fuse.FuseOSError(errno.EBADF)
         try:
-            data = handle.file.read(self.engine.cache, offset, size)
+            n = handle.file.read_into(self.engine.cache, offset, dest)
         except DecodeError as exc:
-            log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + size, exc)
+            log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + len(dest), exc)
             raise fuse.FuseOSError(errno.EIO)
-        if data:
+        if n:
             with handle.lock:
-                handle.readahead.after_read(offset, len(data))
-        return data
+                handle.readahead.after_read(offset, n)
+        return n
+
+    def read(self, path, size, offset, fi):
+        """For callers of the plain fusepy API; FUSE itself calls read_into."""
+        dest = np.empty(size, dtype=np.uint8)
+        return dest[:self.read_into(path, dest, offset, fi)].tobytes()
 
     def release(self, path, fi):
         handle = self._handles.pop(fi.fh, None)

@@ -63,20 +63,25 @@ def safe_names(names: list[str]) -> dict[str, str]:
     return out
 
 
-def _jsonable(value):
+def _clean(value):
+    """JSON-safe: bytes as text, numpy scalars as Python, NaN/inf as null (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _dumps(obj) -> bytes:
-    return (json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable) + "\n").encode("utf-8")
+    return (json.dumps(_clean(obj), indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 @dataclass
@@ -163,7 +168,7 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> No
         label = f"{session.shown_path}/{name}"
         tiles = ChannelTiles((sid, name), session.path, name, label, t0, fs, n, edges, has_data)
         stem = stems[name]
-        units = _jsonable(info.get("units_description"))
+        units = _clean(info.get("units_description"))
         xattrs = {"user.mef3fs.channel": name, "user.mef3fs.sampling_frequency": rate_label(fs),
                   "user.mef3fs.grid_start_uutc": str(t0), "user.mef3fs.units": units or "",
                   "user.mef3fs.number_of_samples": str(n)}
@@ -186,7 +191,7 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> No
                          for s in reader.segments(name)],
             "gaps": _gaps(toc, fs, t0),
             "acquisition_channel_number": info.get("acquisition_channel_number"),
-            "channel_description": _jsonable(info.get("channel_description")),
+            "channel_description": _clean(info.get("channel_description")),
         })
 
     grids = []
@@ -216,10 +221,10 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> No
         "password_level": level,
         "recording_time_offset": first.get("recording_time_offset"),
         "gmt_offset": first.get("gmt_offset"),
-        "subject": None if level == 1 else {k: _jsonable(first.get(k)) for k in
+        "subject": None if level == 1 else {k: _clean(first.get(k)) for k in
                                             ("subject_name_1", "subject_name_2", "subject_id",
                                              "recording_location")},
-        "session_description": _jsonable(first.get("session_description")),
+        "session_description": _clean(first.get("session_description")),
         "layout": ("Each channel file is raw float32 little-endian; sample i is at "
                    "grid_start_uutc + i * 1e6 / sampling_frequency; NaN where there is no data."),
         "grids": grids,

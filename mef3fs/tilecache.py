@@ -207,7 +207,8 @@ class TileCache:
     def _start(self, tiles: ChannelTiles, i: int, key, background: bool) -> _Flight:
         """Register a decode (lock held). Small tiles are decoded by the caller."""
         spec = tiles.spec(i)
-        if self._pool is None or (spec.n <= self._inprocess_samples and not background):
+        if self._pool is None or (not background and (spec.n <= self._inprocess_samples
+                                                       or not self._pool.idle())):
             flight = _Flight(Future(), None, background, spec.nbytes)
         else:
             lane = BACKGROUND if background else FOREGROUND

@@ -28,8 +28,10 @@ class StaticFile:
     def size(self) -> int:
         return len(self.data)
 
-    def read(self, cache, offset: int, size: int) -> bytes:
-        return self.data[offset:offset + size]
+    def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
+        piece = self.data[offset:offset + len(dest)]
+        dest[:len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+        return len(piece)
 
     def prefetch(self, cache, lo: int, hi: int):
         return ()
@@ -88,23 +90,27 @@ class SignalFile:
             if b > a:
                 yield r, a // SAMPLE, -(-b // SAMPLE), a, b
 
-    def read(self, cache, offset: int, size: int) -> bytes:
-        end = min(offset + size, self.size)
+    def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
+        """Write the bytes at offset into dest (uint8, the kernel's buffer); return the count."""
+        end = min(offset + len(dest), self.size)
         if offset >= end:
-            return b""
-        out = np.empty(end - offset, dtype=np.uint8)
+            return 0
         pos = 0
         if offset < len(self.header):
             head = self.header[offset:end]
-            out[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+            dest[:len(head)] = np.frombuffer(head, dtype=np.uint8)
             pos = len(head)
         for r, s0, s1, a, b in self._pieces(offset, end):
-            samples = np.empty(s1 - s0, dtype="<f4")
-            cache.samples(self.rows[r], s0, s1, samples)
             skip = a - s0 * SAMPLE
-            out[pos:pos + (b - a)] = samples.view(np.uint8)[skip:skip + (b - a)]
+            if skip == 0 and (b - a) % SAMPLE == 0 and (dest.ctypes.data + pos) % SAMPLE == 0:
+                # aligned: tiles are copied straight into the kernel's buffer
+                cache.samples(self.rows[r], s0, s1, dest[pos:pos + (b - a)].view("<f4"))
+            else:
+                samples = np.empty(s1 - s0, dtype="<f4")
+                cache.samples(self.rows[r], s0, s1, samples)
+                dest[pos:pos + (b - a)] = samples.view(np.uint8)[skip:skip + (b - a)]
             pos += b - a
-        return out.tobytes()
+        return pos
 
     def prefetch(self, cache, lo: int, hi: int):
         """Ask the cache to decode, in the background, the tiles behind bytes [lo, hi)."""
