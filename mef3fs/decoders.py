@@ -21,6 +21,7 @@ import signal
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -37,12 +38,19 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """One tile to decode: `n` grid samples of `channel` starting at uUTC `ts`."""
+    """One tile: grid samples [first, first + n) of `channel`, i.e. uUTC [ts, te).
+
+    The grid (origin t0, rate fs) travels along for decoders that cannot take
+    fractional window edges and must anchor on it themselves.
+    """
     session_path: str
     channel: str
     ts: float
     te: float
     n: int
+    t0: int = 0
+    fs: float = 0.0
+    first: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -117,12 +125,28 @@ class Mef3ioDecoder:
         self._readers.clear()
 
 
+def _whole_us_step(fs: float) -> int:
+    """Smallest k such that k samples last a whole number of microseconds."""
+    return (Fraction(10**6) / Fraction(fs)).denominator
+
+
+def _halves_possible(fs: float) -> bool:
+    """Can an integer uUTC time fall exactly half a sample between grid points?"""
+    return (Fraction(fs) / 10**6).denominator % 2 == 0
+
+
 class MefToolsDecoder:
     """pymef through mef_tools, mapped onto mef3io's grid.
 
-    pymef takes integer uUTC windows and rounds half-sample edges up where
-    mef3io rounds down, so the window is widened to whole microseconds and
-    the first n samples are kept. It scales by the first segment's factor.
+    pymef takes whole-microsecond windows and places each block at
+    round-half-up((start - window) * fs / 1e6) where mef3io rounds half
+    down. So the window starts on the nearest earlier grid point that falls
+    on a whole microsecond (when one is within a tile), one microsecond late
+    where exact halves can occur, which turns pymef's rounding into
+    mef3io's; the samples before the tile are dropped. Rates with no such
+    grid point near (499.907 Hz) fall back to the floored start and may place
+    a block one sample off. pymef also cannot read tar archives, and scales
+    by one factor per channel: a channel whose segments differ is refused.
     """
 
     name = "mef_tools"
@@ -131,16 +155,40 @@ class MefToolsDecoder:
         from mef_tools.io import MefReader
         self._readers = _ReaderCache(lambda path: MefReader(path, password2=password or None))
 
+    def _window(self, spec: DecodeSpec) -> tuple[int, int]:
+        """(first pymef uUTC, grid index of pymef's sample 0)."""
+        if spec.fs > 0:
+            step = _whole_us_step(spec.fs)
+            anchor = spec.first - spec.first % step
+            if spec.first - anchor <= max(spec.n, 1):
+                start = spec.t0 + int(anchor * (Fraction(10**6) / Fraction(spec.fs)))
+                return start + (1 if _halves_possible(spec.fs) else 0), anchor
+        return int(math.floor(spec.ts)), spec.first
+
     def read(self, spec: DecodeSpec) -> np.ndarray:
-        reader = self._readers.get(spec.session_path)
+        if spec.session_path.lower().endswith(".tar"):
+            raise DecodeError("pymef (--decoder mef_tools) cannot read .mefd.tar archives in "
+                              "place; use --decoder mef3io")
+        start, anchor = self._window(spec)
         try:
-            arr = reader.get_data(spec.channel, int(math.floor(spec.ts)), int(math.ceil(spec.te)))
+            reader = self._readers.get(spec.session_path)
+            if spec.channel not in reader.channels:
+                raise DecodeError("pymef does not list this channel (it drops channels whose "
+                                  "names start with '.'); use --decoder mef3io")
+            factors = reader.get_channel_info(spec.channel)["ufact"]
+            if len(set(factors)) != 1 or not factors[0]:
+                raise DecodeError(f"pymef has no single conversion factor for this channel "
+                                  f"({[float(f) for f in factors]}): its segments differ; use --decoder mef3io")
+            arr = reader.get_data(spec.channel, start, int(math.ceil(spec.te)) + 1)
+        except DecodeError:
+            raise
         except Exception as exc:  # pymef raises plain RuntimeError/ValueError/TypeError
             raise DecodeError(f"mef_tools: {type(exc).__name__}: {exc}") from None
         if arr is None or np.size(arr) == 0:
             raise DecodeError("mef_tools returned no samples (a level-1 password does not "
                               "unlock data for pymef; use the level-2 password or --decoder mef3io)")
-        return _fit(arr, spec.n)
+        skip = spec.first - anchor
+        return _fit(np.asarray(arr).reshape(-1)[skip:skip + spec.n], spec.n)
 
     def close(self) -> None:
         self._readers.clear()

@@ -25,7 +25,6 @@ from .readahead import ReadAhead
 from .views import DynamicFile
 
 log = logging.getLogger("mef3fs.fuse")
-calls = logging.getLogger("mef3fs.calls")
 
 BLOCK = 4096
 
@@ -144,6 +143,7 @@ class Mef3fsOperations(fuse.Operations):
         except DecodeError as exc:
             log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + len(dest), exc)
             raise fuse.FuseOSError(errno.EIO)
+        log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)

@@ -104,8 +104,8 @@ class ChannelTiles:
 
     def spec(self, i: int) -> DecodeSpec:
         a, b = self.bounds(i)
-        return DecodeSpec(self.session_path, self.channel,
-                          grid_time(self.t0, self.fs, a), grid_time(self.t0, self.fs, b), b - a)
+        return DecodeSpec(self.session_path, self.channel, grid_time(self.t0, self.fs, a),
+                          grid_time(self.t0, self.fs, b), b - a, self.t0, self.fs, a)
 
 
 class _Flight:
