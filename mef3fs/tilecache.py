@@ -126,11 +126,14 @@ class TileCache:
         self._inprocess = inprocess_decoder
         self._inprocess_samples = inprocess_samples
         self._stats = stats
-        self._lock = threading.Lock()
+        # Re-entrant: a decode that finishes before its callback is attached
+        # runs the callback at once, in the thread that holds the lock.
+        self._lock = threading.RLock()
         self._tiles: collections.OrderedDict = collections.OrderedDict()   # key -> (array, last use)
         self._bytes = 0
         self._flights: dict = {}
-        self._unread_prefetch: set = set()      # prefetched tiles no reader has used yet
+        self._unread: dict = {}                 # prefetched tiles no reader has used yet -> bytes
+        self._readahead_bytes = 0               # read-ahead in flight + unread: at most budget/2
         self._stop = threading.Event()
         self._janitor = None
 
@@ -173,8 +176,8 @@ class TileCache:
                 self._tiles[key] = (hit[0], time.monotonic())
                 self._tiles.move_to_end(key)
                 self._stats.add("hits")
-                if key in self._unread_prefetch:
-                    self._unread_prefetch.discard(key)
+                if key in self._unread:
+                    self._readahead_bytes -= self._unread.pop(key)
                     self._stats.add("readahead_hits")
                 log.debug("cache hit %s tile %d", tiles.label, i)
                 return hit[0]
@@ -184,6 +187,7 @@ class TileCache:
                 if flight.background:
                     self._stats.add("readahead_hits")
                     flight.background = False
+                    self._readahead_bytes -= flight.nbytes
                     if flight.task is not None:
                         self._pool.promote(flight.task)
                 log.debug("cache wait %s tile %d (already decoding)", tiles.label, i)
@@ -214,10 +218,13 @@ class TileCache:
             lane = BACKGROUND if background else FOREGROUND
             task = self._pool.submit(spec, lane)
             flight = _Flight(task.future, task, background, spec.nbytes)
-            task.future.add_done_callback(lambda f, k=key, fl=flight: self._landed(k, fl, f))
+        self._flights[key] = flight
+        if background:
+            self._readahead_bytes += spec.nbytes
+        if flight.task is not None:
+            flight.future.add_done_callback(lambda f, k=key, fl=flight: self._landed(k, fl, f))
         log.debug("cache miss %s tile %d [%d, %d) -> %s", tiles.label, i, *tiles.bounds(i),
                   "in-process" if flight.task is None else ("background" if background else "foreground") + " lane")
-        self._flights[key] = flight
         return flight
 
     def _decode_here(self, tiles: ChannelTiles, i: int, key, flight: _Flight) -> None:
@@ -237,6 +244,8 @@ class TileCache:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
+            if flight.background:
+                self._readahead_bytes -= flight.nbytes
             if future.cancelled():
                 return
             if future.exception() is not None:
@@ -252,13 +261,14 @@ class TileCache:
         while self._bytes + nbytes > self.budget and self._tiles:
             old, (old_arr, _) = self._tiles.popitem(last=False)
             self._bytes -= old_arr.nbytes
-            self._unread_prefetch.discard(old)
+            self._readahead_bytes -= self._unread.pop(old, 0)
             self._stats.add("evictions")
             log.debug("cache evict %s (%d bytes)", old, old_arr.nbytes)
         self._tiles[key] = (arr, time.monotonic())
         self._bytes += nbytes
         if prefetched:
-            self._unread_prefetch.add(key)
+            self._unread[key] = nbytes
+            self._readahead_bytes += nbytes
 
     # -- read-ahead ---------------------------------------------------------
 
@@ -270,24 +280,17 @@ class TileCache:
         with self._lock:
             if key in self._tiles or key in self._flights:
                 return None
-            if self._prefetch_bytes() + 4 * (tiles.edges[i + 1] - tiles.edges[i]) > self.budget // 2:
+            if self._readahead_bytes + 4 * int(tiles.edges[i + 1] - tiles.edges[i]) > self.budget // 2:
                 return None   # read-ahead may use half the budget, never the readers' half
             flight = self._start(tiles, i, key, background=True)
         self._stats.add("readahead_scheduled")
         return key, flight
 
-    def _prefetch_bytes(self) -> int:
-        inflight = sum(f.nbytes for f in self._flights.values() if f.background)
-        unread = sum(self._tiles[k][0].nbytes for k in self._unread_prefetch if k in self._tiles)
-        return inflight + unread
-
     def cancel(self, token) -> None:
         """Drop a read-ahead that nobody needs any more, if it has not started."""
         key, flight = token
         if flight.background and flight.task is not None and self._pool.cancel(flight.task):
-            with self._lock:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
+            # the cancelled future's callback (_landed) forgets the flight
             self._stats.add("readahead_cancelled")
             log.debug("read-ahead cancelled %s", key)
 
@@ -305,7 +308,7 @@ class TileCache:
             for k in stale:
                 arr, _ = self._tiles.pop(k)
                 self._bytes -= arr.nbytes
-                self._unread_prefetch.discard(k)
+                self._readahead_bytes -= self._unread.pop(k, 0)
             if stale:
                 self._stats.add("expired", len(stale))
                 log.debug("cache expired %d idle tiles", len(stale))
