@@ -145,8 +145,11 @@ class MefToolsDecoder:
     where exact halves can occur, which turns pymef's rounding into
     mef3io's; the samples before the tile are dropped. Rates with no such
     grid point near (499.907 Hz) fall back to the floored start and may place
-    a block one sample off. pymef also cannot read tar archives, and scales
-    by one factor per channel: a channel whose segments differ is refused.
+    a block one sample off. pymef scales by one factor per channel (0 when
+    its segments differ), so samples are read as counts and each segment's
+    own factor from pymef's metadata is applied, as mef3io does. pymef
+    cannot read tar archives nor list channels whose names start with '.':
+    those reads fail (EIO) and say so.
     """
 
     name = "mef_tools"
@@ -175,11 +178,8 @@ class MefToolsDecoder:
             if spec.channel not in reader.channels:
                 raise DecodeError("pymef does not list this channel (it drops channels whose "
                                   "names start with '.'); use --decoder mef3io")
-            factors = reader.get_channel_info(spec.channel)["ufact"]
-            if len(set(factors)) != 1 or not factors[0]:
-                raise DecodeError(f"pymef has no single conversion factor for this channel "
-                                  f"({[float(f) for f in factors]}): its segments differ; use --decoder mef3io")
-            arr = reader.get_data(spec.channel, start, int(math.ceil(spec.te)) + 1)
+            counts = reader.get_raw_data(spec.channel, start, int(math.ceil(spec.te)) + 1)[0]
+            arr = np.asarray(counts, dtype=np.float64) * self._factors(reader, spec, start, len(counts))
         except DecodeError:
             raise
         except Exception as exc:  # pymef raises plain RuntimeError/ValueError/TypeError
@@ -188,7 +188,26 @@ class MefToolsDecoder:
             raise DecodeError("mef_tools returned no samples (a level-1 password does not "
                               "unlock data for pymef; use the level-2 password or --decoder mef3io)")
         skip = spec.first - anchor
-        return _fit(np.asarray(arr).reshape(-1)[skip:skip + spec.n], spec.n)
+        return _fit(arr[skip:skip + spec.n], spec.n)
+
+    @staticmethod
+    def _factors(reader, spec: DecodeSpec, start: int, n: int) -> np.ndarray:
+        """Each output sample's conversion factor: that of the segment it falls in."""
+        scale = np.ones(n)
+        step = 1e6 / spec.fs if spec.fs > 0 else None
+        segments = reader.session.session_md["time_series_channels"][spec.channel]["segments"]
+        for seg in segments.values():
+            factor = float(seg["section_2"]["units_conversion_factor"][0]) or 1.0   # 0: not set
+            header = seg["universal_headers"]["metadata"]
+            s0, s1 = int(header["start_time"][0]), int(header["end_time"][0])
+            if step is None:
+                scale[:] = factor
+                break
+            lo = max(0, math.floor((s0 - start) / step + 0.5))
+            hi = min(n, math.floor((s1 - start) / step + 0.5))
+            if hi > lo:
+                scale[lo:hi] = factor
+        return scale
 
     def close(self) -> None:
         self._readers.clear()
