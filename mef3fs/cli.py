@@ -214,7 +214,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file)
     engine.sessions_open = lambda: namespace.sessions_open
     ops_class = DebugOperations if args.debug else Mef3fsOperations
-    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready)
+    ops = ops_class(namespace, engine, args.readahead, mountpoint, on_ready=on_ready)
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}

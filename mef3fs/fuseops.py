@@ -27,6 +27,22 @@ from .views import DynamicFile
 log = logging.getLogger("mef3fs.fuse")
 
 BLOCK = 4096
+REQUEST_BYTES = 1 << 20
+
+
+def raise_kernel_readahead(mountpoint: str) -> None:
+    """The kernel caps a FUSE mount's readahead at 128 KiB, which also caps
+    the size of the read requests we get. Root may raise it through the
+    mount's backing-device entry in sysfs; elsewhere this quietly does nothing."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            devs = [ln.split()[2] for ln in f if ln.split()[4] == mountpoint]
+        if devs:
+            with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", "w") as f:
+                f.write(str(REQUEST_BYTES >> 10))
+            log.debug("kernel readahead of %s raised to %d KiB", mountpoint, REQUEST_BYTES >> 10)
+    except OSError as exc:
+        log.debug("kernel readahead left as it is: %s", exc)
 
 
 class _Handle:
@@ -45,7 +61,9 @@ def _erofs(*_args, **_kwargs):
 class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
-    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None):
+    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, mountpoint: str = "",
+                 on_ready=None):
+        self.mountpoint = mountpoint
         self.ns = namespace
         self.engine = engine
         self.readahead_bytes = readahead_bytes
@@ -59,14 +77,20 @@ class Mef3fsOperations(fuse.Operations):
 
     mounted = False
 
-    def init(self, path):
+    def init_with_config(self, conn, config):
         # The kernel holds every request until init returns, so the caller can
         # be released first; workers then start with the daemon's stdio
         # already detached and never keep the caller's pipes open.
         self.mounted = True
+        if conn is not None:
+            # Let the kernel send reads of up to 1 MiB (libfuse3 derives the
+            # request size from max_write); fewer, bigger requests.
+            conn.max_write = max(conn.max_write, REQUEST_BYTES)
+            conn.max_readahead = max(conn.max_readahead, REQUEST_BYTES)
         if self.on_ready:
             self.on_ready()
         self.engine.start()
+        threading.Thread(target=raise_kernel_readahead, args=(self.mountpoint,), daemon=True).start()
         log.info("mounted; %s", self.engine.describe())
 
     def destroy(self, path):

@@ -25,6 +25,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# pip's and the build backend's chatter goes to a log, shown only on failure
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"; } > .venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "setup: pip install failed (log above)" >&2
+    exit 1
+fi
 echo "setup: ready ($(.venv/bin/mef3fs --version), $(dpkg-query -W -f='libfuse3 ${Version}' libfuse3-3))"
