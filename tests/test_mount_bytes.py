@@ -471,6 +471,7 @@ def test_concurrent_reads(corpus_mount, corpus, config):
     assert not errors, errors
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # MefReader.__del__ after a failed open
 def test_pymef_limits_are_real(corpus):
     """The cases the mef_tools decoder refuses are pymef's own limits:
     it lists no channel whose name starts with '.', and opens no tar."""
