@@ -158,7 +158,7 @@ class Mef3fsOperations(fuse.Operations):
         return 0
 
     def read_into(self, path, dest, offset, fi) -> int:
-        """The read callback proper: bytes go straight into the kernel's buffer (see fuselib)."""
+        """FUSE's read (see fuselib.FUSE.read): bytes go straight into the kernel's buffer."""
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise fuse.FuseOSError(errno.EBADF)
@@ -174,7 +174,8 @@ class Mef3fsOperations(fuse.Operations):
         return n
 
     def read(self, path, size, offset, fi):
-        """For callers of the plain fusepy API; FUSE itself calls read_into."""
+        """mfusepy registers FUSE's read callback only for operations that
+        define `read`; fuselib.FUSE.read then calls read_into instead."""
         dest = np.empty(size, dtype=np.uint8)
         return dest[:self.read_into(path, dest, offset, fi)].tobytes()
 
