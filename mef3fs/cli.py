@@ -203,7 +203,7 @@ def main(argv=None) -> int:
 
 def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_ready) -> int:
     """Mount and serve until unmounted or signalled; libfuse owns SIGINT/SIGTERM/SIGHUP."""
-    from .fuselib import FUSE
+    from .fuselib import FUSE, fuse
     from .engine import Engine
     from .fuseops import DebugOperations, Mef3fsOperations
     from .namespace import Namespace
@@ -218,6 +218,9 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}
+    if fuse.fuse_version_major == 3:
+        # libfuse 3.14's default (-1) is reported as invalid on every mount
+        options["max_idle_threads"] = 10
     options.update(fuse_options(args.options))
     log.info("mounting %s at %s", args.source, mountpoint)
     try:

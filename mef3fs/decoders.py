@@ -237,8 +237,11 @@ def _worker_main(conn, decoder_name: str, password: str, parent_pid: int) -> Non
     _die_with_parent()
     if os.getppid() != parent_pid:  # parent already gone before prctl took effect
         return
-    # Ctrl-C goes to the whole process group; the daemon decides when we stop.
+    # Ctrl-C goes to the whole process group; the daemon decides when we
+    # stop. SIGINT arrived blocked (see _Worker), so one sent while we were
+    # starting up is dropped here instead of killing us mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     decoder = make_decoder(decoder_name, password)
     while True:
         try:
@@ -282,7 +285,14 @@ class _Worker:
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, name="mef3fs-decoder",
                                    args=(child, decoder_name, password, os.getpid()), daemon=True)
-        self.process.start()
+        # The signal mask survives exec: the worker starts with SIGINT blocked
+        # until it has chosen to ignore it (multiprocessing's resource
+        # tracker is started the same way).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child.close()
 
     def decode(self, spec: DecodeSpec) -> np.ndarray:

@@ -7,10 +7,12 @@ are served by the kernel's page cache without reaching us.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
 import os
+import signal
 import stat
 import threading
 import time
@@ -28,6 +30,14 @@ log = logging.getLogger("mef3fs.fuse")
 
 BLOCK = 4096
 REQUEST_BYTES = 1 << 20
+
+
+def _ignore_sigpipe() -> None:
+    """signal.signal works only on the main thread; libc's works on any."""
+    try:
+        ctypes.CDLL(None).signal(signal.SIGPIPE, ctypes.c_void_p(1))  # SIG_IGN
+    except (OSError, AttributeError):
+        pass
 
 
 def raise_kernel_readahead(mountpoint: str) -> None:
@@ -82,9 +92,9 @@ class Mef3fsOperations(fuse.Operations):
         # be released first; workers then start with the daemon's stdio
         # already detached and never keep the caller's pipes open.
         self.mounted = True
-        if conn is not None:
+        if conn is not None and fuse.fuse_version_major == 3:
             # Let the kernel send reads of up to 1 MiB (libfuse3 derives the
-            # request size from max_write); fewer, bigger requests.
+            # request size from max_write; libfuse2's buffer holds 128 KiB).
             conn.max_write = max(conn.max_write, REQUEST_BYTES)
             conn.max_readahead = max(conn.max_readahead, REQUEST_BYTES)
         if self.on_ready:
@@ -94,6 +104,10 @@ class Mef3fsOperations(fuse.Operations):
         log.info("mounted; %s", self.engine.describe())
 
     def destroy(self, path):
+        # libfuse puts SIGPIPE back to its default (terminate) when its loop
+        # ends; a write to a worker that died in the same signal storm must
+        # be an error we handle, not the end of the daemon.
+        _ignore_sigpipe()
         for h in list(self._handles.values()):
             h.readahead.close()
         self._handles.clear()
