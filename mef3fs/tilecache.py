@@ -65,7 +65,8 @@ def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: 
         cut(run_start, False)                     # the empty stretch before the run
         tile_start = edges[-1]
         for k in range(i, j + 1):
-            b0, b1 = starts[k], starts[k] + lengths[k]
+            # blocks are clipped to the grid: samples outside it are never read
+            b0, b1 = max(int(starts[k]), 0), min(int(starts[k] + lengths[k]), n)
             if b0 - tile_start >= target:
                 cut(b0, True)
                 tile_start = edges[-1]
