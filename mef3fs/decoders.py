@@ -354,7 +354,7 @@ class DecoderPool:
             return self._busy < self._n and not self._lanes[FOREGROUND]
 
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None]
+        return [w.process.pid for w in self._workers if w is not None and w.process.is_alive()]
 
     def submit(self, spec: DecodeSpec, lane: int) -> Task:
         task = Task(spec, lane)

@@ -44,7 +44,10 @@ class ReadAhead:
         if self._max == 0 or size <= 0:
             return
         end = offset + size
-        stream = self._match(offset, end)
+        # Requests in flight together (kernel readahead, memmap faults) may
+        # finish out of order by a request or two.
+        tol = max(SLACK, 2 * size)
+        stream, direction = self._match(offset, end, tol)
         if stream is None:
             if len(self._streams) >= MAX_STREAMS:
                 self._drop(self._streams.pop(0))
@@ -52,20 +55,29 @@ class ReadAhead:
             return
         self._streams.remove(stream)
         self._streams.append(stream)            # most recently used last
-        direction = 1 if offset >= stream.end - SLACK and end > stream.end else -1
         if stream.direction not in (0, direction):
             stream.window, stream.horizon = 0, None
         stream.direction = direction
         stream.window = min(self._max, max(MIN_WINDOW, 4 * size, 2 * stream.window))
-        stream.start, stream.end = offset, end
+        if direction > 0:
+            stream.start, stream.end = max(stream.start, offset), max(stream.end, end)
+        else:
+            stream.start, stream.end = min(stream.start, offset), min(stream.end, end)
         self._forget_behind(stream)
         self._schedule(stream)
 
-    def _match(self, offset: int, end: int):
+    def _match(self, offset: int, end: int, tol: int):
+        """The stream this read continues, and which way: forward runs first,
+        so a late request inside a forward run is never taken for a backward one."""
         for s in reversed(self._streams):
-            if abs(offset - s.end) <= SLACK or abs(end - s.start) <= SLACK:
-                return s
-        return None
+            lo = s.start - tol if s.direction > 0 else s.start
+            if s.direction >= 0 and lo <= offset <= s.end + tol:
+                return s, 1
+        for s in reversed(self._streams):
+            hi = s.end + tol if s.direction < 0 else s.end
+            if s.direction <= 0 and (s.direction < 0 or offset < s.start) and s.start - tol <= end <= hi:
+                return s, -1
+        return None, 0
 
     def _schedule(self, s: _Stream) -> None:
         size = self._file.size
