@@ -51,6 +51,7 @@ class DecodeSpec:
     t0: int = 0
     fs: float = 0.0
     first: int = 0
+    identity: tuple = ()      # (device, inode, mtime) of the session when it was opened
 
     @property
     def nbytes(self) -> int:
@@ -66,15 +67,27 @@ class _ReaderCache:
         self._lock = threading.Lock()
         self._readers: collections.OrderedDict = collections.OrderedDict()
 
-    def get(self, path: str):
+    def get(self, path: str, identity: tuple = ()):
+        # A session replaced at the same path (another inode or mtime) must
+        # not be read for a file of the old one: that is an error, not data.
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DecodeError(f"{exc.strerror}: the session is gone") from None
+        now = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if identity and identity != now:
+            raise DecodeError("the session was replaced or changed on disk since it was opened")
+        key = (path,) + now
         with self._lock:
-            reader = self._readers.get(path)
+            reader = self._readers.get(key)
             if reader is not None:
-                self._readers.move_to_end(path)
+                self._readers.move_to_end(key)
                 return reader
         reader = self._open(path)
         with self._lock:
-            self._readers[path] = reader
+            for old in [k for k in self._readers if k[0] == path]:
+                del self._readers[old]
+            self._readers[key] = reader
             while len(self._readers) > self._max:
                 # Dropped, not closed: a thread may still be reading from it;
                 # the last reference closes it.
@@ -111,7 +124,7 @@ class Mef3ioDecoder:
             lambda path: mef3io.Reader(path, password=password, n_threads=1, strict=True))
 
     def read(self, spec: DecodeSpec) -> np.ndarray:
-        reader = self._readers.get(spec.session_path)
+        reader = self._readers.get(spec.session_path, spec.identity)
         try:
             arr = reader.read(spec.channel, spec.ts, spec.te, dtype="float32")
         except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.IoError,
@@ -174,11 +187,12 @@ class MefToolsDecoder:
                               "place; use --decoder mef3io")
         start, anchor = self._window(spec)
         try:
-            reader = self._readers.get(spec.session_path)
+            reader = self._readers.get(spec.session_path, spec.identity)
             if spec.channel not in reader.channels:
                 raise DecodeError("pymef does not list this channel (it drops channels whose "
                                   "names start with '.'); use --decoder mef3io")
-            counts = reader.get_raw_data(spec.channel, start, int(math.ceil(spec.te)) + 1)[0]
+            end = spec.t0 + (spec.first + spec.n) * 1e6 / spec.fs if spec.fs > 0 else spec.te
+            counts = reader.get_raw_data(spec.channel, start, int(math.ceil(end)) + 1)[0]
             arr = np.asarray(counts, dtype=np.float64) * self._factors(reader, spec, start, len(counts))
         except DecodeError:
             raise

@@ -35,6 +35,12 @@ def session_kind(path: str) -> bool:
     return False
 
 
+def session_identity(real: str) -> tuple:
+    """What tells a session from another one later put at the same path."""
+    st = os.stat(real)
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
 def fserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -60,6 +66,12 @@ class Namespace:
         self._sessions: dict[str, Session] = {}
         self._opening: dict[str, threading.Lock] = {}
         self._leads: dict[str, tuple[float, bool]] = {}
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
 
     @property
     def sessions_open(self) -> int:
@@ -85,6 +97,10 @@ class Namespace:
         if depth < SCAN_DEPTH:
             try:
                 names = os.listdir(folder)
+            except PermissionError:
+                # it may lead to sessions: show it, and let entering it say EACCES
+                self._leads[folder] = (now, True)
+                return True
             except OSError:
                 names = []
             for name in names:
@@ -102,6 +118,7 @@ class Namespace:
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
+            self._warn_once(folder, f"cannot read folder {self._display(folder)}: {exc.strerror}")
             raise fserror(exc.errno or errno.EIO)
         shown = []
         for name in names:
@@ -114,18 +131,22 @@ class Namespace:
 
     # -- sessions -----------------------------------------------------------
 
-    def session(self, real: str) -> Session:
-        """The opened session at a real path; opened once, concurrent callers wait."""
+    def session(self, real: str, identity=None) -> Session:
+        """The opened session at a real path; opened once, concurrent callers
+        wait. A different folder or archive put at the same path (another
+        inode or mtime) is a different session and is opened anew."""
+        identity = identity or session_identity(real)
         with self._lock:
             s = self._sessions.get(real)
-            if s is not None:
+            if s is not None and s.identity == identity:
                 return s
             gate = self._opening.setdefault(real, threading.Lock())
         with gate:
             with self._lock:
                 s = self._sessions.get(real)
-            if s is None:
-                s = open_session(real, self._display(real), self._password, self._tile_seconds)
+            if s is None or s.identity != identity:
+                s = open_session(real, self._display(real), self._password, self._tile_seconds,
+                                 self._inside, identity)
                 log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
                 with self._lock:
                     self._sessions[real] = s
@@ -148,7 +169,14 @@ class Namespace:
         folder = self.source
         for i, name in enumerate(parts):
             real = self._child(folder, name)
-            if real is None or not os.path.exists(real):
+            if real is None:
+                raise fserror(errno.ENOENT)
+            try:
+                os.stat(real)
+            except PermissionError:
+                self._warn_once(folder, f"cannot read folder {self._display(folder)}: permission denied")
+                raise fserror(errno.EACCES)
+            except OSError:
                 raise fserror(errno.ENOENT)
             if session_kind(real):
                 return self._in_session(real, parts[i + 1:])
@@ -158,12 +186,14 @@ class Namespace:
         return Node("dir", real=folder)
 
     def _in_session(self, real: str, parts: list[str]) -> Node:
-        if not os.path.exists(real):           # removed or renamed while mounted
+        try:
+            identity = session_identity(real)
+        except OSError:                        # removed or renamed while mounted
             self.forget(real)
             raise fserror(errno.ENOENT)
         if not parts:
             return Node("sessiondir", real=real, rel="")
-        session = self.session(real)
+        session = self.session(real, identity)
         rel = "/".join(parts)
         if rel in session.dirs:
             return Node("sessiondir", real=real, session=session, rel=rel)

@@ -12,13 +12,14 @@ import itertools
 import json
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import __version__
-from .tilecache import ChannelTiles, tile_edges
+from .tilecache import ChannelTiles, tile_edges, tile_windows
 from .views import SignalFile, StaticFile, npy_header
 
 log = logging.getLogger("mef3fs.session")
@@ -71,6 +72,8 @@ def _clean(value):
         return [_clean(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, str):      # file names that are not UTF-8 arrive surrogate-escaped
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -90,6 +93,7 @@ class Session:
     path: str                     # real path we open
     shown_path: str               # the path the user knows (host path under --host-root)
     error: str | None = None
+    identity: tuple = ()          # (device, inode, mtime) of what was opened
     files: dict = field(default_factory=dict)    # relative path -> file object
     dirs: dict = field(default_factory=dict)     # relative dir path -> sorted entry names
 
@@ -98,16 +102,22 @@ class Session:
         return self.error is None
 
 
-def open_session(path: str, shown_path: str, password: str, tile_seconds: float) -> Session:
-    """Read a session's metadata and lay out its files. Never raises for a bad session."""
+def open_session(path: str, shown_path: str, password: str, tile_seconds: float,
+                 inside=lambda real: True, identity: tuple = ()) -> Session:
+    """Read a session's metadata and lay out its files. Never raises for a bad session.
+
+    `inside(real_path)` says whether a file may be exposed: a channel whose
+    segments resolve outside SOURCE (a symbolic link leading out) is left out.
+    """
     import mef3io
-    session = Session(path, shown_path)
+    session = Session(path, shown_path, identity=identity)
     try:
+        _check_readable(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reader = mef3io.Reader(path, password=password)
             try:
-                _lay_out(session, reader, password, tile_seconds)
+                _lay_out(session, reader, password, tile_seconds, inside)
             finally:
                 reader.close()
     except Exception as exc:  # damaged metadata, wrong password, not MEF at all
@@ -116,6 +126,19 @@ def open_session(path: str, shown_path: str, password: str, tile_seconds: float)
         session.dirs = {"": ["info.json"]}
         log.warning("session %s cannot be opened: %s", shown_path, session.error)
     return session
+
+
+def _check_readable(path: str) -> None:
+    """Say 'permission denied' plainly; mef3io reports only that it could not open."""
+    if os.path.isdir(path):
+        os.listdir(path)
+    else:
+        with open(path, "rb"):
+            pass
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the session's path is not valid UTF-8, which mef3io cannot open") from None
 
 
 def _explain(exc: Exception, password: str) -> str:
@@ -144,9 +167,22 @@ def _gaps(toc: list[dict], fs: float, t0: int) -> list[dict]:
     return gaps
 
 
-def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> None:
+def _outside(reader, name: str, inside) -> bool:
+    """A channel whose segment files resolve outside SOURCE (tar members have no such path)."""
+    for seg in reader.segments(name):
+        path = seg.get("path") or ""
+        if os.path.exists(path) and not inside(os.path.realpath(path)):
+            return True
+    return False
+
+
+def _lay_out(session: Session, reader, password: str, tile_seconds: float, inside) -> None:
     sid = next(_ids)
-    names = list(reader.channels)
+    names = [n for n in reader.channels if not _outside(reader, n, inside)]
+    left_out = sorted(set(reader.channels) - set(names))
+    for name in left_out:
+        log.warning("session %s: channel %s leads outside SOURCE (symbolic link); not shown",
+                    session.shown_path, name)
     if not names:
         raise ValueError("no channel with samples in this session")
     infos = {name: reader.info(name) for name in names}
@@ -162,11 +198,13 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> No
         fs = float(info["sampling_frequency"])
         n = grid_length(t0, t_end, fs)
         toc = reader.toc(name)
-        edges, has_data = tile_edges(n, t0, fs, [b["start_uutc"] for b in toc],
-                                     [b["number_of_samples"] for b in toc],
+        block_starts = [b["start_uutc"] for b in toc]
+        edges, has_data = tile_edges(n, t0, fs, block_starts, [b["number_of_samples"] for b in toc],
                                      max(1, round(tile_seconds * fs)))
+        lo, hi = tile_windows(edges, has_data, t0, fs, block_starts)
         label = f"{session.shown_path}/{name}"
-        tiles = ChannelTiles((sid, name), session.path, name, label, t0, fs, n, edges, has_data)
+        tiles = ChannelTiles((sid, name), session.path, name, label, t0, fs, n, edges, has_data,
+                             session.identity, lo, hi)
         stem = stems[name]
         units = _clean(info.get("units_description"))
         xattrs = {"user.mef3fs.channel": name, "user.mef3fs.sampling_frequency": rate_label(fs),
@@ -232,6 +270,7 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float) -> No
         "file_names": {c["name"]: c["file"] for c in channels},
         "renamed": {c["file"][:-4]: c["name"] for c in channels if c["file"][:-4] != c["name"]},
         "records_file": "records.json",
+        "left_out": [{"name": n, "reason": "leads outside SOURCE"} for n in left_out],
     }
     session.files["info.json"] = StaticFile(_dumps(info), f"{session.shown_path}/info.json")
     top = sorted(name for name in session.files if "/" not in name) + ["rates"]

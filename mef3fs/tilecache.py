@@ -79,6 +79,41 @@ def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: 
     return np.asarray(edges, dtype=np.int64), np.asarray(has_data, dtype=bool)
 
 
+EDGE_MARGIN = 0.45    # samples: keeps a window's sample count round((te - ts) * fs) unchanged
+
+
+def tile_windows(edges, has_data, t0: int, fs: float, block_starts):
+    """How far (in samples) each tile's decode window is pulled in from its grid edges.
+
+    A block rarely starts exactly on a grid point. A window [grid(a), grid(b))
+    then reaches a fraction of a sample into the neighbouring block, and the
+    decoder reads (and checks) that whole block too: a damaged neighbour would
+    fail an intact tile. Pulling the end in to the next block's start, and the
+    start up to the tile's first block, keeps each tile's reads to its own
+    blocks. The start moves only where no block in the tile changes the grid
+    sample it lands on, and the two together stay under half a sample, so the
+    samples returned are exactly the same.
+    """
+    nt = len(has_data)
+    lo, hi = np.zeros(nt), np.zeros(nt)
+    pos = np.sort((np.asarray(block_starts, dtype=np.float64) - t0) * fs / 1e6)
+    if not len(pos):
+        return lo, hi
+    first = np.rint(pos)
+    k = np.minimum(np.searchsorted(first, edges), len(first) - 1)
+    x = np.where(first[k] == edges, pos[k], np.nan)        # exact start of a block at each edge
+    for t in np.flatnonzero(has_data):
+        a, b = edges[t], edges[t + 1]
+        if x[t + 1] < b:
+            hi[t] = min(b - x[t + 1], EDGE_MARGIN)
+        if x[t] > a and x[t] - a + hi[t] < EDGE_MARGIN:
+            inner = pos[np.searchsorted(first, a):np.searchsorted(first, b)] - (x[t] - a)
+            if np.all((np.rint(inner) == first[np.searchsorted(first, a):np.searchsorted(first, b)])
+                      & (np.abs(inner - np.floor(inner) - 0.5) > 0.02)):
+                lo[t] = x[t] - a
+    return lo, hi
+
+
 @dataclass
 class ChannelTiles:
     """The tiles of one channel file: what to decode for each tile index."""
@@ -91,6 +126,9 @@ class ChannelTiles:
     n: int
     edges: np.ndarray
     has_data: np.ndarray
+    identity: tuple = ()
+    lo: np.ndarray | None = None     # window pulled in at the start, in samples (tile_windows)
+    hi: np.ndarray | None = None     # ... and at the end
 
     def tiles_for(self, s0: int, s1: int) -> range:
         """Indices of the tiles covering grid samples [s0, s1)."""
@@ -105,8 +143,11 @@ class ChannelTiles:
 
     def spec(self, i: int) -> DecodeSpec:
         a, b = self.bounds(i)
-        return DecodeSpec(self.session_path, self.channel, grid_time(self.t0, self.fs, a),
-                          grid_time(self.t0, self.fs, b), b - a, self.t0, self.fs, a)
+        lo = float(self.lo[i]) if self.lo is not None else 0.0
+        hi = float(self.hi[i]) if self.hi is not None else 0.0
+        return DecodeSpec(self.session_path, self.channel, grid_time(self.t0, self.fs, a) + lo * 1e6 / self.fs,
+                          grid_time(self.t0, self.fs, b) - hi * 1e6 / self.fs, b - a,
+                          self.t0, self.fs, a, self.identity)
 
 
 class _Flight:
