@@ -238,6 +238,17 @@ def make_decoder(name: str, password: str = ""):
 # --------------------------------------------------------------------------
 # Worker processes
 
+def return_big_buffers_to_the_os() -> None:
+    """Tiles are 0.04-5 MB buffers made and freed all the time. glibc's
+    dynamic mmap threshold soon serves them from the heap, which it rarely
+    gives back: fix the threshold so they are mmapped and unmapped on free
+    (measured: daemon peak over an 8 MiB cache +48 -> +32 MB)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 << 10)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _die_with_parent() -> None:
     """PR_SET_PDEATHSIG: a SIGKILLed daemon must not leave decoders behind."""
     try:
@@ -256,6 +267,7 @@ def _worker_main(conn, decoder_name: str, password: str, parent_pid: int) -> Non
     # starting up is dropped here instead of killing us mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    return_big_buffers_to_the_os()
     decoder = make_decoder(decoder_name, password)
     while True:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .decoders import DecoderPool, make_decoder
+from .decoders import DecoderPool, make_decoder, return_big_buffers_to_the_os
 from .stats import Stats
 from .tilecache import TileCache
 
@@ -37,6 +37,7 @@ class Engine:
         self.sessions_open = lambda: 0
 
     def start(self) -> None:
+        return_big_buffers_to_the_os()
         inprocess = make_decoder(self.decoder_name, self._password)
         if self.workers > 0:
             self.pool = DecoderPool(self.decoder_name, self._password, self.workers, self.stats)

@@ -152,10 +152,11 @@ class ChannelTiles:
 
 class _Flight:
     """A tile being decoded: readers wait on `future`; `task` is the pool's, if any."""
-    __slots__ = ("future", "task", "background", "nbytes")
+    __slots__ = ("future", "task", "background", "nbytes", "overflow")
 
     def __init__(self, future: Future, task, background: bool, nbytes: int):
         self.future, self.task, self.background, self.nbytes = future, task, background, nbytes
+        self.overflow = False     # decoded in the caller's thread because every worker was busy
 
 
 class TileCache:
@@ -165,6 +166,10 @@ class TileCache:
         self.budget = int(budget)
         self.ttl = float(ttl)
         self._pool = pool                       # None: decode everything in-process
+        # One foreground tile at a time may skip the queue and be decoded in
+        # the caller's thread while read-ahead keeps every worker busy; more
+        # would oversubscribe the cores and hold a tile's buffers per thread.
+        self._overflow = threading.BoundedSemaphore(1)
         self._inprocess = inprocess_decoder
         self._inprocess_samples = inprocess_samples
         self._stats = stats
@@ -253,9 +258,11 @@ class TileCache:
     def _start(self, tiles: ChannelTiles, i: int, key, background: bool) -> _Flight:
         """Register a decode (lock held). Small tiles are decoded by the caller."""
         spec = tiles.spec(i)
-        if self._pool is None or (not background and (spec.n <= self._inprocess_samples
-                                                       or not self._pool.idle())):
+        if self._pool is None or (not background and (
+                spec.n <= self._inprocess_samples
+                or (not self._pool.idle() and self._overflow.acquire(blocking=False)))):
             flight = _Flight(Future(), None, background, spec.nbytes)
+            flight.overflow = self._pool is not None and spec.n > self._inprocess_samples
         else:
             lane = BACKGROUND if background else FOREGROUND
             task = self._pool.submit(spec, lane)
@@ -280,6 +287,9 @@ class TileCache:
         else:
             arr.setflags(write=False)
             flight.future.set_result(arr)
+        finally:
+            if flight.overflow:
+                self._overflow.release()
         self._landed(key, flight, flight.future)
 
     def _landed(self, key, flight: _Flight, future: Future) -> None:
