@@ -209,12 +209,14 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     from .namespace import Namespace
     from .views import DynamicFile
 
-    engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl)
+    engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl,
+                    readahead=args.readahead > 0)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
-    namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file)
+    namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file,
+                          on_open=engine.session_opened)
     engine.sessions_open = lambda: namespace.sessions_open
     ops_class = DebugOperations if args.debug else Mef3fsOperations
-    ops = ops_class(namespace, engine, args.readahead, mountpoint, on_ready=on_ready)
+    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready)
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}

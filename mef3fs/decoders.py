@@ -123,6 +123,9 @@ class Mef3ioDecoder:
         self._readers = _ReaderCache(
             lambda path: mef3io.Reader(path, password=password, n_threads=1, strict=True))
 
+    def open(self, path: str, identity: tuple = ()) -> None:
+        self._readers.get(path, identity)
+
     def read(self, spec: DecodeSpec) -> np.ndarray:
         reader = self._readers.get(spec.session_path, spec.identity)
         try:
@@ -170,6 +173,10 @@ class MefToolsDecoder:
     def __init__(self, password: str = ""):
         from mef_tools.io import MefReader
         self._readers = _ReaderCache(lambda path: MefReader(path, password2=password or None))
+
+    def open(self, path: str, identity: tuple = ()) -> None:
+        if not path.lower().endswith(".tar"):
+            self._readers.get(path, identity)
 
     def _window(self, spec: DecodeSpec) -> tuple[int, int]:
         """(first pymef uUTC, grid index of pymef's sample 0)."""
@@ -276,6 +283,12 @@ def _worker_main(conn, decoder_name: str, password: str, parent_pid: int) -> Non
             break
         if spec is None:
             break
+        if isinstance(spec, tuple):          # ("open", path, identity): warm up, no reply
+            try:
+                decoder.open(spec[1], spec[2])
+            except Exception:                # the real read will report it
+                pass
+            continue
         try:
             arr = decoder.read(spec)
         except DecodeError as exc:
@@ -329,6 +342,10 @@ class _Worker:
             raise DecodeError(message)
         return np.frombuffer(self.conn.recv_bytes(), dtype=np.float32)
 
+    def warm(self, path: str, identity: tuple) -> None:
+        """Open a session ahead of its first decode (opening costs more than a tile)."""
+        self.conn.send(("open", path, identity))
+
     def stop(self, timeout: float = 2.0) -> None:
         try:
             self.conn.send(None)
@@ -366,6 +383,7 @@ class DecoderPool:
         self._closed = False
         self._workers: list[_Worker | None] = [None] * workers
         self._threads: list[threading.Thread] = []
+        self._warm = [collections.deque() for _ in range(workers)]   # sessions to open, per worker
 
     def start(self) -> None:
         for i in range(self._n):
@@ -391,6 +409,13 @@ class DecoderPool:
             self._cond.notify()
         return task
 
+    def warm(self, path: str, identity: tuple) -> None:
+        """Have every worker open a session now, before reads need it."""
+        with self._cond:
+            for q in self._warm:
+                q.append((path, identity))
+            self._cond.notify_all()
+
     def promote(self, task: Task) -> None:
         """A reader now waits on a read-ahead tile: move it to the foreground lane."""
         with self._cond:
@@ -408,11 +433,13 @@ class DecoderPool:
         task.future.cancel()
         return True
 
-    def _next_task(self) -> Task | None:
+    def _next_task(self, index: int):
         with self._cond:
             while not self._closed:
                 fg, bg = self._lanes
                 task = None
+                if self._warm[index]:
+                    return self._warm[index].popleft()
                 if fg:
                     task = fg.popleft()
                 elif bg and self._running_background < self._max_background:
@@ -431,9 +458,15 @@ class DecoderPool:
 
     def _serve(self, index: int) -> None:
         while True:
-            task = self._next_task()
+            task = self._next_task(index)
             if task is None:
                 return
+            if isinstance(task, tuple):
+                try:
+                    self._workers[index].warm(*task)
+                except (OSError, ValueError):
+                    pass                     # a dead worker is found on its next decode
+                continue
             lane = task.lane
             try:
                 arr = self._workers[index].decode(task.spec)

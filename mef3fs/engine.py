@@ -24,7 +24,7 @@ def default_workers() -> int:
 
 class Engine:
     def __init__(self, decoder: str, password: str, workers: int, cache_size: int, cache_ttl: float,
-                 inprocess_samples: int = INPROCESS_SAMPLES):
+                 readahead: bool = True, inprocess_samples: int = INPROCESS_SAMPLES):
         self.decoder_name = decoder
         self.workers = workers
         self.stats = Stats()
@@ -32,6 +32,7 @@ class Engine:
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl
         self._inprocess_samples = inprocess_samples
+        self._readahead = readahead
         self.pool = None
         self.cache = None
         self.sessions_open = lambda: 0
@@ -43,8 +44,13 @@ class Engine:
             self.pool = DecoderPool(self.decoder_name, self._password, self.workers, self.stats)
             self.pool.start()
         self.cache = TileCache(self._cache_size, self._cache_ttl, self.pool, inprocess,
-                               self._inprocess_samples, self.stats)
+                               self._inprocess_samples, self.stats, self._readahead)
         self.cache.start()
+
+    def session_opened(self, session) -> None:
+        """Workers open a new session at once, in parallel with the first reads."""
+        if self.pool is not None and session.ok:
+            self.pool.warm(session.path, session.identity)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -55,13 +55,15 @@ class Node:
 
 
 class Namespace:
-    def __init__(self, source: str, display, password: str, tile_seconds: float, stats_file):
+    def __init__(self, source: str, display, password: str, tile_seconds: float, stats_file,
+                 on_open=lambda session: None):
         self.source = os.path.realpath(source)
         self.single = session_kind(self.source)     # SOURCE is itself one session
         self._display = display
         self._password = password
         self._tile_seconds = tile_seconds
         self._stats_file = stats_file
+        self._on_open = on_open
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._opening: dict[str, threading.Lock] = {}
@@ -150,6 +152,7 @@ class Namespace:
                 log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
                 with self._lock:
                     self._sessions[real] = s
+                self._on_open(s)
             return s
 
     def forget(self, real: str) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
+import time
 
 log = logging.getLogger("mef3fs.readahead")
 
 MAX_STREAMS = 4
-MIN_WINDOW = 1 << 20          # bytes: the first window once a run is seen
+MIN_WINDOW = 128 << 10        # bytes: the first window once a run is seen
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
 
 
@@ -58,7 +60,7 @@ class ReadAhead:
         if stream.direction not in (0, direction):
             stream.window, stream.horizon = 0, None
         stream.direction = direction
-        stream.window = min(self._max, max(MIN_WINDOW, 4 * size, 2 * stream.window))
+        stream.window = min(self._max, max(MIN_WINDOW, 2 * size, 2 * stream.window))
         if direction > 0:
             stream.start, stream.end = max(stream.start, offset), max(stream.end, end)
         else:
@@ -112,3 +114,44 @@ class ReadAhead:
         for s in self._streams:
             self._drop(s)
         self._streams.clear()
+
+
+class InStep:
+    """Channels of one sampling rate read at the same stretch of time.
+
+    Reading the same window of every channel (a memmap per channel, a viewer
+    drawing all traces) visits the channels one after another, each waiting
+    on its own decode. Once a second channel reads a stretch that another
+    channel just read, the stretch is decoded in the background for every
+    other channel of the group, so the rest find it decoded.
+    """
+
+    WINDOW = 2.0          # seconds within which two channels count as in step
+    REMEMBER = 64
+
+    def __init__(self, group):
+        self._group = group
+        self._lock = threading.Lock()
+        self._recent = collections.deque(maxlen=self.REMEMBER)   # (s0, s1, channel key, time)
+        self._spread = collections.deque(maxlen=self.REMEMBER)   # stretches already fanned out
+
+    def add(self, tiles) -> None:
+        self._group.append(tiles)
+
+    def after_read(self, cache, tiles, s0: int, s1: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            partner = any(key != tiles.key and now - t < self.WINDOW and a < s1 and s0 < b
+                          for a, b, key, t in self._recent)
+            self._recent.append((s0, s1, tiles.key, now))
+            if not partner or any(a <= s0 and s1 <= b for a, b in self._spread):
+                return
+            self._spread.append((s0, s1))
+        scheduled = 0
+        for row in self._group:
+            if row.key != tiles.key:
+                for i in row.tiles_for(s0, s1):
+                    scheduled += cache.prefetch(row, i) is not None
+        if scheduled:
+            log.debug("in step: %s samples [%d, %d) read ahead on %d tiles of %d channels",
+                      tiles.label, s0, s1, scheduled, len(self._group) - 1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from .readahead import InStep
 from .tilecache import ChannelTiles, tile_edges, tile_windows
 from .views import SignalFile, StaticFile, npy_header
 
@@ -210,9 +211,11 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float, insid
         xattrs = {"user.mef3fs.channel": name, "user.mef3fs.sampling_frequency": rate_label(fs),
                   "user.mef3fs.grid_start_uutc": str(t0), "user.mef3fs.units": units or "",
                   "user.mef3fs.number_of_samples": str(n)}
-        session.files[f"{stem}.f32"] = SignalFile([tiles], b"", label, xattrs)
-        session.files[f"{stem}.npy"] = SignalFile([tiles], npy_header((n,)), label, xattrs)
-        by_rate.setdefault(fs, []).append((name, tiles))
+        group = by_rate.setdefault(fs, ([], InStep([])))
+        group[0].append((name, tiles))
+        group[1].add(tiles)
+        session.files[f"{stem}.f32"] = SignalFile([tiles], b"", label, xattrs, group[1])
+        session.files[f"{stem}.npy"] = SignalFile([tiles], npy_header((n,)), label, xattrs, group[1])
         channels.append({
             "name": name, "file": f"{stem}.f32", "npy_file": f"{stem}.npy",
             "dtype": "float32", "byte_order": "little",
@@ -233,7 +236,7 @@ def _lay_out(session: Session, reader, password: str, tile_seconds: float, insid
         })
 
     grids = []
-    for fs, members in by_rate.items():
+    for fs, (members, _) in by_rate.items():
         label = rate_label(fs)
         rows = [tiles for _, tiles in members]
         n = rows[0].n

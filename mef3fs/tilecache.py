@@ -162,8 +162,10 @@ class _Flight:
 class TileCache:
     """Decoded tiles of every mounted session under one byte budget."""
 
-    def __init__(self, budget: int, ttl: float, pool, inprocess_decoder, inprocess_samples: int, stats):
+    def __init__(self, budget: int, ttl: float, pool, inprocess_decoder, inprocess_samples: int, stats,
+                 readahead: bool = True):
         self.budget = int(budget)
+        self.readahead = readahead              # --readahead 0 turns every kind off
         self.ttl = float(ttl)
         self._pool = pool                       # None: decode everything in-process
         # One foreground tile at a time may skip the queue and be decoded in
@@ -326,7 +328,7 @@ class TileCache:
 
     def prefetch(self, tiles: ChannelTiles, i: int):
         """Start a background decode of tile i unless present; returns a token to cancel it."""
-        if self._pool is None or not tiles.has_data[i]:
+        if self._pool is None or not self.readahead or not tiles.has_data[i]:
             return None
         key = tiles.key + (i,)
         with self._lock:

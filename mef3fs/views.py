@@ -67,8 +67,10 @@ def npy_header(shape: tuple) -> bytes:
 class SignalFile:
     keep_cache = True
 
-    def __init__(self, rows: list[ChannelTiles], header: bytes = b"", label: str = "", xattrs=None):
+    def __init__(self, rows: list[ChannelTiles], header: bytes = b"", label: str = "", xattrs=None,
+                 in_step=None):
         self.rows = rows
+        self.in_step = in_step    # readahead.InStep of the channel's rate group, if any
         self.header = header
         self.label = label
         self.xattrs = xattrs or {}
@@ -110,6 +112,8 @@ class SignalFile:
                 cache.samples(self.rows[r], s0, s1, samples)
                 dest[pos:pos + (b - a)] = samples.view(np.uint8)[skip:skip + (b - a)]
             pos += b - a
+            if self.in_step is not None:
+                self.in_step.after_read(cache, self.rows[r], s0, s1)
         return pos
 
     def prefetch(self, cache, lo: int, hi: int):
