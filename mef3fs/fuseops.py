@@ -29,7 +29,6 @@ from .views import DynamicFile
 log = logging.getLogger("mef3fs.fuse")
 
 BLOCK = 4096
-REQUEST_BYTES = 1 << 20
 KERNEL_READAHEAD = 32 << 10
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
@@ -80,14 +79,11 @@ class Mef3fsOperations(fuse.Operations):
         self.mounted = True
         if conn is not None:
             # Kernel readahead small: a memmap fault then asks for 32 KiB, not
-            # 128 KiB-1 MiB (at 1 kHz that is 3-26 tiles decoded for one
-            # touched; cold 10 s windows of 16 channels went 781 -> 79 ms).
-            # Sequential streams are read ahead by us, tile by tile, and big
-            # read() calls still come as requests of up to 1 MiB, which
-            # libfuse3 derives from max_write (libfuse2's buffer holds 128 KiB).
-            conn.max_readahead = KERNEL_READAHEAD
-            if fuse.fuse_version_major == 3:
-                conn.max_write = max(conn.max_write, REQUEST_BYTES)
+            # 128 KiB or more (at 1 kHz, 3-26 tiles decoded for one touched;
+            # cold 10 s windows of 16 channels went 781 -> 79 ms). Sequential
+            # streams are read ahead by us, tile by tile.
+            log.debug("kernel offers max_readahead %d, max_write %d", conn.max_readahead, conn.max_write)
+            conn.max_readahead = min(conn.max_readahead, KERNEL_READAHEAD)
         if self.on_ready:
             self.on_ready()
         self.engine.start()
