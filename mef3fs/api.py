@@ -26,6 +26,8 @@ import time
 import warnings
 from typing import Iterator, List, Optional
 
+from .mounts import mount_type_at
+
 __all__ = ["mount", "MountError"]
 
 #: Options that would keep the command in the foreground, so it would never
@@ -104,34 +106,9 @@ def _redact(argv: List[str]) -> List[str]:
 # mount table
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def _is_mounted(path: str) -> bool:
-    """True while *path* is a mount point.
-
-    Uses the mount table, which never touches the FUSE server, so a dead
-    mount (ENOTCONN) still counts as mounted until it is unmounted.
-    """
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split(" ")
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == path:
-                    return True
-        return False
-    except OSError:  # no /proc: not Linux
-        return os.path.ismount(path)
+    """True while path is a mount point, dead (ENOTCONN) ones included."""
+    return mount_type_at(path) is not None
 
 
 def _wait(predicate, timeout: float, interval: float = 0.02) -> bool:

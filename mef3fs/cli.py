@@ -17,6 +17,7 @@ import sys
 
 from . import __version__
 from .hostroot import HOST_ROOT_ENV, HostRoot
+from .mounts import mount_type_at
 
 log = logging.getLogger("mef3fs")
 
@@ -101,22 +102,6 @@ def fuse_options(items: list[str]) -> dict:
     return out
 
 
-def _fuse_mounted_at(path: str) -> bool:
-    """A FUSE filesystem is mounted exactly there. Any other mount (the bind
-    mount Docker puts on a container's mountpoint) is fine to mount over."""
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                if target == real and fields[fields.index("-") + 1].startswith("fuse"):
-                    return True
-    except OSError:
-        return os.path.ismount(path)
-    return False
-
-
 def _check_mountpoint(path: str) -> str:
     try:
         st = os.stat(path)
@@ -130,7 +115,9 @@ def _check_mountpoint(path: str) -> str:
     import stat as _stat
     if not _stat.S_ISDIR(st.st_mode):
         raise UsageError(f"MOUNTPOINT {path!r} is not a folder")
-    if _fuse_mounted_at(path):
+    if (mount_type_at(path) or "").startswith("fuse"):
+        # Any other mount (the bind mount Docker puts on a container's
+        # mountpoint) is fine to mount over.
         raise UsageError(f"MOUNTPOINT {path!r} is already a mount point "
                          f"(unmount it first: fusermount3 -u {path})")
     if os.listdir(path):

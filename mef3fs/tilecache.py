@@ -152,10 +152,11 @@ class ChannelTiles:
 
 class _Flight:
     """A tile being decoded: readers wait on `future`; `task` is the pool's, if any."""
-    __slots__ = ("future", "task", "background", "nbytes", "overflow")
+    __slots__ = ("future", "task", "background", "nbytes", "overflow", "inprocess")
 
     def __init__(self, future: Future, task, background: bool, nbytes: int):
         self.future, self.task, self.background, self.nbytes = future, task, background, nbytes
+        self.inprocess = task is None   # decoded by the thread that started it
         self.overflow = False     # decoded in the caller's thread because every worker was busy
 
 
@@ -240,15 +241,15 @@ class TileCache:
                     if flight.task is not None:
                         self._pool.promote(flight.task)
                 log.debug("cache wait %s tile %d (already decoding)", tiles.label, i)
-                own = False
+                own, future = False, flight.future
             else:
                 self._stats.add("misses")
-                flight = self._start(tiles, i, key, background=False)
-                own = flight.task is None
+                flight, future = self._start(tiles, i, key, background=False)
+                own = flight.inprocess
         if own:
             self._decode_here(tiles, i, key, flight)
         try:
-            return flight.future.result()
+            return future.result()
         except CancelledError:
             # a read-ahead that was cancelled just as we came to wait on it
             return self.get(tiles, i)
@@ -257,8 +258,9 @@ class TileCache:
             raise DecodeError(f"{tiles.label} uUTC {grid_time(tiles.t0, tiles.fs, a):.0f}-"
                               f"{grid_time(tiles.t0, tiles.fs, b):.0f}: {exc}") from None
 
-    def _start(self, tiles: ChannelTiles, i: int, key, background: bool) -> _Flight:
-        """Register a decode (lock held). Small tiles are decoded by the caller."""
+    def _start(self, tiles: ChannelTiles, i: int, key, background: bool):
+        """Register a decode (lock held); returns the flight and its future (the
+        flight lets go of it when it lands). Small tiles are decoded by the caller."""
         spec = tiles.spec(i)
         if self._pool is None or (not background and (
                 spec.n <= self._inprocess_samples
@@ -272,11 +274,12 @@ class TileCache:
         self._flights[key] = flight
         if background:
             self._readahead_bytes += spec.nbytes
+        future = flight.future
         if flight.task is not None:
-            flight.future.add_done_callback(lambda f, k=key, fl=flight: self._landed(k, fl, f))
+            future.add_done_callback(lambda f, k=key, fl=flight: self._landed(k, fl, f))
         log.debug("cache miss %s tile %d [%d, %d) -> %s", tiles.label, i, *tiles.bounds(i),
-                  "in-process" if flight.task is None else ("background" if background else "foreground") + " lane")
-        return flight
+                  "in-process" if flight.inprocess else ("background" if background else "foreground") + " lane")
+        return flight, future
 
     def _decode_here(self, tiles: ChannelTiles, i: int, key, flight: _Flight) -> None:
         self._stats.add("decodes_inprocess")
@@ -300,6 +303,9 @@ class TileCache:
                 del self._flights[key]
             if flight.background:
                 self._readahead_bytes -= flight.nbytes
+            # Read-ahead tokens keep the flight until their stream passes it;
+            # they must not keep the decoded tile alive once the cache drops it.
+            flight.future = flight.task = None
             if future.cancelled():
                 return
             if future.exception() is not None:
@@ -336,14 +342,15 @@ class TileCache:
                 return None
             if self._readahead_bytes + 4 * int(tiles.edges[i + 1] - tiles.edges[i]) > self.budget // 2:
                 return None   # read-ahead may use half the budget, never the readers' half
-            flight = self._start(tiles, i, key, background=True)
+            flight, _ = self._start(tiles, i, key, background=True)
         self._stats.add("readahead_scheduled")
         return key, flight
 
     def cancel(self, token) -> None:
         """Drop a read-ahead that nobody needs any more, if it has not started."""
         key, flight = token
-        if flight.background and flight.task is not None and self._pool.cancel(flight.task):
+        task = flight.task
+        if flight.background and task is not None and self._pool.cancel(task):
             # the cancelled future's callback (_landed) forgets the flight
             self._stats.add("readahead_cancelled")
             log.debug("read-ahead cancelled %s", key)
