@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 from .mounts import mount_type_at
 

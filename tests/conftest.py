@@ -444,9 +444,22 @@ def read_f32(path):
         return np.frombuffer(f.read(), dtype="<f4")
 
 
+def pread_full(fd, size, offset):
+    """pread until `size` bytes or EOF (a short read is legal on any file)."""
+    parts, got = [], 0
+    while got < size:
+        chunk = os.pread(fd, size - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 def read_stats(mount):
-    """The stats file, read through a fresh descriptor, uncached bytes."""
-    fd = os.open(Path(mount.root) / STATS_FILE, os.O_RDONLY)
+    """The stats file of a Mount (or mount root path), read through a fresh descriptor."""
+    root = mount if isinstance(mount, (str, os.PathLike)) else mount.root
+    fd = os.open(Path(root) / STATS_FILE, os.O_RDONLY)
     try:
         chunks = []
         while True:

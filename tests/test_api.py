@@ -10,7 +10,6 @@ block, and ``import mef3fs`` stays light.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 import mef3fs
 from mef3fs import MountError
-from tests.conftest import (REPO, STATS_FILE, is_mounted, proc_table, read_info,
+from tests.conftest import (REPO, is_mounted, proc_table, read_info, read_stats,
                             reference, subprocess_env, wait_gone)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
@@ -30,20 +29,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /
 
 class Boom(Exception):
     """Raised inside the with-block by the tests."""
-
-
-def stats(root):
-    fd = os.open(Path(root) / STATS_FILE, os.O_RDONLY)
-    try:
-        chunks = []
-        while True:
-            b = os.read(fd, 1 << 16)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        os.close(fd)
-    return json.loads(b"".join(chunks))
 
 
 def mount_options(path):
@@ -187,7 +172,7 @@ def test_options_are_passed_through(night1):
     source, rel, _ = night1
     with mef3fs.mount(source, cache_size="64M", workers=2, decoder="mef_tools",
                       fuse_options=["allow_other"]) as root:
-        s = stats(root)
+        s = read_stats(root)
         assert s["cache_budget"] == 64 * 2**20, s
         if "decoder" in s:
             assert s["decoder"] == "mef_tools", s
@@ -196,7 +181,7 @@ def test_options_are_passed_through(night1):
         # some reads so that the workers exist
         for name in ("C1", "C2"):
             np.fromfile(root / rel / f"{name}.f32", dtype="<f4")
-        s = stats(root)
+        s = read_stats(root)
         assert len(s["worker_pids"]) == 2, s
 
 
@@ -215,7 +200,7 @@ def test_sizes_as_numbers_and_flags(night1, tmp_path):
     log = tmp_path / "daemon.log"
     with mef3fs.mount(source, cache_size=3 * 2**20, workers=0, readahead=0,
                       log_file=log) as root:
-        s = stats(root)
+        s = read_stats(root)
         assert s["cache_budget"] == 3 * 2**20
         assert s["worker_pids"] == []
     assert log.exists(), "log_file= did not reach the daemon"

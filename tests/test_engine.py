@@ -27,7 +27,7 @@ import pytest
 
 import mef3io
 
-from tests.conftest import fuse_unmount, is_mounted, proc_table, read_stats
+from tests.conftest import fuse_unmount, is_mounted, pread_full, proc_table, read_stats
 from tests.sessions import T0, _rng, _signal, reference
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -94,22 +94,10 @@ def long_source(tmp_path_factory):
 # helpers
 # ---------------------------------------------------------------------------
 
-def pread_all(fd, off, ln):
-    """os.pread until ln bytes or EOF (a read may legally return less)."""
-    parts, got = [], 0
-    while got < ln:
-        b = os.pread(fd, ln - got, off + got)
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
-
-
 def read_file(path):
     fd = os.open(path, os.O_RDONLY)
     try:
-        return pread_all(fd, 0, os.fstat(fd).st_size + 1)
+        return pread_full(fd, os.fstat(fd).st_size + 1, 0)
     finally:
         os.close(fd)
 
@@ -257,7 +245,7 @@ def test_bytes_exact_with_every_setting(mount_fs, matrix_source, tile, workers, 
         fd = os.open(f32, os.O_RDONLY)
         try:
             for off, ln in random_reads(rng, len(want), N_PREADS):
-                assert_same_bytes(pread_all(fd, off, ln), want[off:off + ln],
+                assert_same_bytes(pread_full(fd, ln, off), want[off:off + ln],
                                   f"{ch}.f32 pread({ln}, {off})")
         finally:
             os.close(fd)
@@ -367,7 +355,7 @@ def test_idle_tiles_expire(mount_fs, long_source):
     for attempt, (ch, off) in enumerate(itertools.product(LONG_CHANNELS, (0, 3 * MIB))):
         fd = os.open(d / f"{ch}.f32", os.O_RDONLY)
         try:
-            got = pread_all(fd, off, 256 * KIB)
+            got = pread_full(fd, 256 * KIB, off)
         finally:
             os.close(fd)
         s = read_stats(m)
@@ -384,7 +372,7 @@ def test_idle_tiles_expire(mount_fs, long_source):
     before = read_stats(m)
     fd = os.open(d / f"{ch}.npy", os.O_RDONLY)
     try:
-        got = pread_all(fd, NPY_HEADER + off, 256 * KIB)
+        got = pread_full(fd, 256 * KIB, NPY_HEADER + off)
     finally:
         os.close(fd)
     after = read_stats(m)

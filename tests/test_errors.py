@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import channel_files, errno_of, read_info, STATS_FILE
-from tests.sessions import channels_of, reference
+from tests.conftest import channel_files, errno_of, STATS_FILE
+from tests.sessions import reference
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ import os
 import re
 import unicodedata
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import channel_files, read_f32, read_info
+from tests.conftest import channel_files, pread_full, read_f32, read_info
 from tests.sessions import (
     ODD_NAMES,
     SAFE_ODD_NAMES,
@@ -139,18 +138,6 @@ def random_reads(rng, size, n):
     return out
 
 
-def pread_all(fd, off, ln):
-    """os.pread until ln bytes or EOF (a FUSE read may legally be split)."""
-    parts, got = [], 0
-    while got < ln:
-        b = os.pread(fd, ln - got, off + got)
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
-
-
 def assert_close_mef_tools(got, ref, what):
     """NaN positions identical; values within MEF_TOOLS_ULPS float32 ulps."""
     got = np.asarray(got, dtype="<f4")
@@ -211,7 +198,7 @@ def check_channel(path, ref, exact, seed, n_preads=N_PREADS):
     fd = os.open(path, os.O_RDONLY)
     try:
         for off, ln in reads:
-            got_reads.append(pread_all(fd, off, ln))
+            got_reads.append(pread_full(fd, ln, off))
     finally:
         os.close(fd)
 
@@ -458,7 +445,7 @@ def test_concurrent_reads(corpus_mount, corpus, config):
                 ref = targets[k][1]
                 off = int(rng.integers(0, len(ref) + 1000))
                 ln = int(rng.integers(1, 300_000))
-                got = pread_all(fds[k], off, ln)
+                got = pread_full(fds[k], ln, off)
                 if got != ref[off:off + ln]:
                     return f"{targets[k][0].name}: pread({ln}, {off}) wrong ({len(got)} bytes)"
         finally:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import read_info, read_stats
+from tests.conftest import pread_full, read_info, read_stats
 from tests.sessions import (T0, _rng, _signal, build_archive, build_factors_session,
                             build_gaps_session, build_rates_session, reference)
 
@@ -121,17 +121,6 @@ def _offset(point, exp, edges):
     return max(0, base + jitter)
 
 
-def _pread_full(fd, size, offset):
-    parts, got = [], 0
-    while got < size:
-        chunk = os.pread(fd, size - got, offset + got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
 N_FILES = 40   # upper bound for the strategy; indices are taken modulo the real count
 
 
@@ -153,7 +142,7 @@ def test_any_read_sequence_returns_reference_bytes(prop, reads, evict):
                 fds[(path, direct)] = fd
             fd = fds[(path, direct)]
             off = last.get(path, 0) if mode == "continue" else _offset(point, exp, edges)
-            got = _pread_full(fd, size, off)
+            got = pread_full(fd, size, off)
             want = exp[off:off + size]
             if got != want:
                 n = min(len(got), len(want))

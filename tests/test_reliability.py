@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import (REPO, STATS_FILE, Mount, channel_files, descendants, errno_of,
-                            group_members, is_mounted, proc_table, read_info, read_stats,
+                            group_members, is_mounted, pread_full, proc_table, read_info, read_stats,
                             subprocess_env)
 from tests.sessions import (T0, _rng, _signal, build_archive, build_gaps_session,
                             build_small_session, reference, session_grid)
@@ -132,18 +132,6 @@ def wrapped_mount(tmp_path):
             errors.append(f"{m}: {exc}")
     if errors:
         pytest.fail("unmount at teardown failed:\n" + "\n".join(errors), pytrace=False)
-
-
-def pread_full(fd, size, offset):
-    """pread until `size` bytes or EOF (a short read is legal on any file)."""
-    parts, got = [], 0
-    while got < size:
-        chunk = os.pread(fd, size - got, offset + got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
 
 
 def npy_data_offset(path, n):
