@@ -444,6 +444,36 @@ def read_f32(path):
         return np.frombuffer(f.read(), dtype="<f4")
 
 
+def drop_page_cache(path):
+    """Drop the kernel's cached pages of one file (so reads reach the daemon)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def random_reads(rng, size, n):
+    """(offset, length) pairs: tiny, medium, large, crossing EOF, past EOF."""
+    out = [(0, 1), (1, 3), (size - 1, 1), (size - 3, 7), (size, 1), (size, 4096),
+           (size + 12345, 10), (max(0, size - 2), 2)]
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.35:
+            off, ln = rng.integers(0, size), rng.integers(1, 65)
+        elif kind < 0.65:
+            off, ln = rng.integers(0, size), rng.integers(1, 70_000)
+        elif kind < 0.75:
+            off, ln = rng.integers(0, size), rng.integers(1, 3 << 19)
+        elif kind < 0.88:  # crosses EOF: must be short
+            off = rng.integers(max(0, size - 9000), size)
+            ln = rng.integers(size - off + 1, size - off + 30_000)
+        else:  # entirely past EOF: b""
+            off, ln = rng.integers(size, size + 200_000), rng.integers(1, 5000)
+        out.append((int(off), int(ln)))
+    return out
+
+
 def pread_full(fd, size, offset):
     """pread until `size` bytes or EOF (a short read is legal on any file)."""
     parts, got = [], 0

@@ -27,7 +27,8 @@ import pytest
 
 import mef3io
 
-from tests.conftest import fuse_unmount, is_mounted, pread_full, proc_table, read_stats
+from tests.conftest import (drop_page_cache, fuse_unmount, is_mounted, pread_full, proc_table,
+                            random_reads, read_stats)
 from tests.sessions import T0, _rng, _signal, reference
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -98,14 +99,6 @@ def read_file(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         return pread_full(fd, os.fstat(fd).st_size + 1, 0)
-    finally:
-        os.close(fd)
-
-
-def drop_page_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
@@ -209,24 +202,6 @@ CACHE_SIZES = ("64K", "512M")
 READAHEADS = ("0", "64M")
 MATRIX = list(itertools.product(TILE_SECONDS, WORKERS, CACHE_SIZES, READAHEADS))
 N_PREADS = 30
-
-
-def random_reads(rng, size, n):
-    """(offset, length): unaligned, tiny to large, crossing and past EOF."""
-    out = [(0, 1), (3, 5), (size - 1, 1), (size - 3, 10), (size, 4), (size + 999, 3)]
-    for _ in range(n):
-        k = rng.random()
-        if k < 0.4:
-            off, ln = rng.integers(0, size), rng.integers(1, 64)
-        elif k < 0.8:
-            off, ln = rng.integers(0, size), rng.integers(1, 200_000)
-        elif k < 0.9:
-            off = rng.integers(max(0, size - 5000), size)
-            ln = rng.integers(size - off, size - off + 9000)
-        else:
-            off, ln = rng.integers(0, size), rng.integers(200_000, 600_000)
-        out.append((int(off), int(ln)))
-    return out
 
 
 @pytest.mark.parametrize("tile,workers,cache,readahead", MATRIX,

@@ -23,7 +23,8 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.conftest import channel_files, pread_full, read_f32, read_info
+from tests.conftest import (channel_files, drop_page_cache, pread_full, random_reads,
+                            read_f32, read_info)
 from tests.sessions import (
     ODD_NAMES,
     SAFE_ODD_NAMES,
@@ -76,7 +77,6 @@ SESSIONS = ("gaps.mefd", "rates.mefd", "names.mefd", "mt.mefd", "factors.mefd",
 MEF_TOOLS_ULPS = 1
 
 N_PREADS = 250  # random preads per channel file
-MIB = 1 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -107,36 +107,6 @@ PAIRS = [(c, s) for c in CONFIGS for s in SESSIONS if not (c == "mef_tools" and 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-def drop_page_cache(path):
-    """Drop the kernel's cached pages of one file (so reads reach the daemon)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def random_reads(rng, size, n):
-    """(offset, length) pairs: tiny, medium, large, crossing EOF, past EOF."""
-    out = [(0, 1), (1, 3), (size - 1, 1), (size - 3, 7), (size, 1), (size, 4096),
-           (size + 12345, 10), (max(0, size - 2), 2)]
-    for _ in range(n):
-        kind = rng.random()
-        if kind < 0.35:
-            off, ln = rng.integers(0, size), rng.integers(1, 65)
-        elif kind < 0.65:
-            off, ln = rng.integers(0, size), rng.integers(1, 70_000)
-        elif kind < 0.75:
-            off, ln = rng.integers(0, size), rng.integers(1, int(1.5 * MIB))
-        elif kind < 0.88:  # crosses EOF: must be short
-            off = rng.integers(max(0, size - 9000), size)
-            ln = rng.integers(size - off + 1, size - off + 30_000)
-        else:  # entirely past EOF: b""
-            off, ln = rng.integers(size, size + 200_000), rng.integers(1, 5000)
-        out.append((int(off), int(ln)))
-    return out
-
 
 def assert_close_mef_tools(got, ref, what):
     """NaN positions identical; values within MEF_TOOLS_ULPS float32 ulps."""
