@@ -152,10 +152,11 @@ class ChannelTiles:
 
 class _Flight:
     """A tile being decoded: readers wait on `future`; `task` is the pool's, if any."""
-    __slots__ = ("future", "task", "background", "nbytes", "overflow", "inprocess")
+    __slots__ = ("future", "task", "background", "spec", "nbytes", "overflow", "inprocess")
 
-    def __init__(self, future: Future, task, background: bool, nbytes: int):
-        self.future, self.task, self.background, self.nbytes = future, task, background, nbytes
+    def __init__(self, future: Future, task, background: bool, spec: DecodeSpec):
+        self.future, self.task, self.background, self.spec = future, task, background, spec
+        self.nbytes = spec.nbytes
         self.inprocess = task is None   # decoded by the thread that started it
         self.overflow = False     # decoded in the caller's thread because every worker was busy
 
@@ -265,12 +266,12 @@ class TileCache:
         if self._pool is None or (not background and (
                 spec.n <= self._inprocess_samples
                 or (not self._pool.idle() and self._overflow.acquire(blocking=False)))):
-            flight = _Flight(Future(), None, background, spec.nbytes)
+            flight = _Flight(Future(), None, background, spec)
             flight.overflow = self._pool is not None and spec.n > self._inprocess_samples
         else:
             lane = BACKGROUND if background else FOREGROUND
             task = self._pool.submit(spec, lane)
-            flight = _Flight(task.future, task, background, spec.nbytes)
+            flight = _Flight(task.future, task, background, spec)
         self._flights[key] = flight
         if background:
             self._readahead_bytes += spec.nbytes
@@ -284,7 +285,7 @@ class TileCache:
     def _decode_here(self, tiles: ChannelTiles, i: int, key, flight: _Flight) -> None:
         self._stats.add("decodes_inprocess")
         try:
-            arr = self._inprocess.read(tiles.spec(i))
+            arr = self._inprocess.read(flight.spec)
         except DecodeError as exc:
             flight.future.set_exception(exc)
         except Exception as exc:   # never leave waiters hanging
