@@ -22,6 +22,13 @@ from .mounts import mount_type_at
 log = logging.getLogger("mef3fs")
 
 ATTR_TIMEOUT = 10      # seconds the kernel may trust a lookup or stat
+MIN_INDEX_BUDGET = 16 << 20
+
+
+def index_budget(cache_size: int) -> int:
+    """Block indexes get an eighth of the tile cache's budget, at least 16 MiB
+    (a channel-hour of 1 s blocks is about 9 KiB of tiles and gaps)."""
+    return max(MIN_INDEX_BUDGET, cache_size // 8)
 LOG_FORMAT = "%(asctime)s mef3fs[%(process)d] %(levelname)s %(message)s"
 
 
@@ -193,15 +200,18 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     from .fuselib import FUSE, fuse
     from .engine import Engine
     from .fuseops import DebugOperations, Mef3fsOperations
+    from .index import IndexCache, MetaReaders
     from .namespace import Namespace
-    from .views import DynamicFile
+    from .views.files import DynamicFile
 
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl,
                     readahead=args.readahead > 0)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
-    namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file,
-                          on_open=engine.session_opened)
-    engine.sessions_open = lambda: namespace.sessions_open
+    readers = MetaReaders(password)
+    index = IndexCache(readers, index_budget(args.cache_size), engine.stats,
+                       on_first_load=engine.session_first_read)
+    namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file, readers, index)
+    engine.reporters += [index.snapshot, lambda: {"sessions_open": namespace.sessions_open}]
     ops_class = DebugOperations if args.debug else Mef3fsOperations
     ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready)
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,

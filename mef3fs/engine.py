@@ -35,7 +35,7 @@ class Engine:
         self._readahead = readahead
         self.pool = None
         self.cache = None
-        self.sessions_open = lambda: 0
+        self.reporters = []       # more () -> dict for the stats file (namespace, index cache)
 
     def start(self) -> None:
         return_big_buffers_to_the_os()
@@ -47,10 +47,11 @@ class Engine:
                                self._inprocess_samples, self.stats, self._readahead)
         self.cache.start()
 
-    def session_opened(self, session) -> None:
-        """Workers open a new session at once, in parallel with the first reads."""
-        if self.pool is not None and session.ok:
-            self.pool.warm(session.path, session.identity)
+    def session_first_read(self, path: str, identity: tuple) -> None:
+        """Workers open a session when it is first read, in parallel with that read
+        (not when it is merely listed: a listing must not open it in every worker)."""
+        if self.pool is not None:
+            self.pool.warm(path, identity)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -68,5 +69,6 @@ class Engine:
         out["worker_pids"] = self.pool.pids() if self.pool else []
         out["workers"] = self.workers
         out["decoder"] = self.decoder_name
-        out["sessions_open"] = self.sessions_open()
+        for report in self.reporters:
+            out.update(report())
         return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode()

@@ -19,12 +19,12 @@ import time
 
 import numpy as np
 
-from .fuselib import fuse
+from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, Listing, fuse
 
 from .decoders import DecodeError
 from .namespace import Namespace, fserror
 from .readahead import ReadAhead
-from .views import DynamicFile
+from .views.files import DynamicFile, GeneratedFile
 
 log = logging.getLogger("mef3fs.fuse")
 
@@ -32,6 +32,7 @@ BLOCK = 4096
 KERNEL_READAHEAD = 32 << 10
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
+UNSUPPORTED_XATTRS = ("security.", "system.", "trusted.")
 
 
 def _ignore_sigpipe() -> None:
@@ -64,6 +65,7 @@ class Mef3fsOperations(fuse.Operations):
         self.readahead_bytes = readahead_bytes
         self.on_ready = on_ready
         self._handles: dict[int, _Handle] = {}
+        self._dirs: dict = {}      # open folder -> its node, then its Listing once listed
         self._fh = itertools.count(1)
         self._mounted_at = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -84,6 +86,9 @@ class Mef3fsOperations(fuse.Operations):
             # streams are read ahead by us, tile by tile.
             log.debug("kernel offers max_readahead %d, max_write %d", conn.max_readahead, conn.max_write)
             conn.max_readahead = min(conn.max_readahead, KERNEL_READAHEAD)
+            # readdirplus on every listing request, not only the first of each
+            # folder: the later ones would otherwise cost a lookup per entry
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         if self.on_ready:
             self.on_ready()
         self.engine.start()
@@ -108,14 +113,48 @@ class Mef3fsOperations(fuse.Operations):
                 "st_gid": self._gid, "st_atime": t, "st_mtime": t, "st_ctime": t,
                 "st_blksize": BLOCK, "st_blocks": (size + 511) // 512}
 
-    def getattr(self, path, fh=None):
-        node = self.ns.lookup(path)
+    def attrs_of(self, node) -> dict:
         if node.kind == "file":
             return self._attrs(stat.S_IFREG | 0o444, node.file.size)
         return self._attrs(stat.S_IFDIR | 0o555, 0, 2)
 
+    def getattr(self, path, fh=None):
+        return self.attrs_of(self.ns.lookup(path))
+
+    def opendir(self, path):
+        fh = next(self._fh)
+        self._dirs[fh] = self.ns.lookup(path)
+        return fh
+
+    def readdir_entries(self, path, fh) -> Listing:
+        """Every entry with its attributes, listed once per open folder (a
+        listing comes in several requests that resume at an offset, each
+        carrying attributes: readdirplus, see fuselib.FUSE.readdir_fuse_3),
+        and once per session folder: it does not change while the session
+        is the same."""
+        node = self._dirs.get(fh)
+        if isinstance(node, Listing):
+            return node
+        node = node or self.ns.lookup(path)
+        session = None
+        if node.kind == "sessiondir":
+            session = node.session = node.session or self.ns.session(node.real)
+        listing = session.listings.get(node.rel) if session is not None else None
+        if listing is None:
+            listing = Listing([(".", None, None), ("..", None, None)] + [
+                (name, self.attrs_of(c), c.file) for name, c in self.ns.entries(node)])
+            if session is not None:
+                session.listings[node.rel] = listing
+        self._dirs[fh] = listing
+        return listing
+
     def readdir(self, path, fh):
-        return [".", ".."] + self.ns.listdir(self.ns.lookup(path))
+        """libfuse2 only (no readdirplus there)."""
+        return self.readdir_entries(path, fh).names()
+
+    def releasedir(self, path, fh):
+        self._dirs.pop(fh, None)
+        return 0
 
     def statfs(self, path):
         return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": 0, "f_bfree": 0,
@@ -129,8 +168,11 @@ class Mef3fsOperations(fuse.Operations):
 
     def getxattr(self, path, name, position=0):
         if not name.startswith(XATTR_PREFIX):
-            # ls asks every file for security.selinux and the ACL names: answer
-            # without resolving the path (measured: 27k such calls per ls -lR)
+            # ls -l asks every file for security.selinux and the ACL names.
+            # "Not supported" (not "no such attribute") for the namespaces we
+            # have nothing in lets ls stop asking for the rest of the mount.
+            if name.startswith(UNSUPPORTED_XATTRS):
+                raise fuse.FuseOSError(errno.EOPNOTSUPP)
             raise fuse.FuseOSError(ENODATA)
         node = self.ns.lookup(path)
         attrs = getattr(node.file, "xattrs", None) or {}
@@ -151,8 +193,12 @@ class Mef3fsOperations(fuse.Operations):
         if node.kind != "file":
             raise fuse.FuseOSError(errno.EISDIR)
         file = node.file
-        if isinstance(file, DynamicFile):
-            file = file.snapshot()
+        if isinstance(file, (DynamicFile, GeneratedFile)):
+            try:
+                file = file.snapshot()
+            except DecodeError as exc:
+                log.error("EIO opening %s: %s", path, exc)
+                raise fuse.FuseOSError(errno.EIO)
             fi.direct_io = 1
         else:
             fi.keep_cache = 1

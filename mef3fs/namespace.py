@@ -3,12 +3,15 @@
 SOURCE's folders are mirrored, but only those that lead to a session
 (a `*.mefd` folder or a `*.mefd.tar` archive). The tree is read live, so a
 session added while mounted appears; sessions are opened on first use, so
-mounting a thousand costs nothing. Nothing that resolves outside SOURCE is
-ever shown.
+mounting a thousand costs nothing, and the least recently used are let go
+beyond MAX_SESSIONS, so walking an archive larger than memory works (an open
+file keeps what it reads). Nothing that resolves outside SOURCE is ever
+shown.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -23,6 +26,7 @@ log = logging.getLogger("mef3fs.namespace")
 STATS_FILE = ".mef3fs-stats.json"
 SCAN_DEPTH = 12               # how deep "does this folder lead to a session" looks
 SCAN_TTL = 2.0                # seconds a folder's answer is reused
+MAX_SESSIONS = 256            # opened session folders kept; more are opened again when used
 
 
 def session_kind(path: str) -> bool:
@@ -56,16 +60,18 @@ class Node:
 
 class Namespace:
     def __init__(self, source: str, display, password: str, tile_seconds: float, stats_file,
-                 on_open=lambda session: None):
+                 readers, index, max_sessions: int = MAX_SESSIONS):
         self.source = os.path.realpath(source)
         self.single = session_kind(self.source)     # SOURCE is itself one session
         self._display = display
         self._password = password
         self._tile_seconds = tile_seconds
         self._stats_file = stats_file
-        self._on_open = on_open
+        self._readers = readers                     # index.MetaReaders
+        self._index = index                         # index.IndexCache
+        self._max_sessions = max_sessions
         self._lock = threading.Lock()
-        self._sessions: dict[str, Session] = {}
+        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._opening: dict[str, threading.Lock] = {}
         self._leads: dict[str, tuple[float, bool]] = {}
         self._warned: set[str] = set()
@@ -116,7 +122,8 @@ class Namespace:
         self._leads[folder] = (now, found)
         return found
 
-    def _visible_entries(self, folder: str) -> list[str]:
+    def _visible_entries(self, folder: str) -> list[tuple[str, str]]:
+        """(name, real path) of the entries of a SOURCE folder that are shown."""
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
@@ -128,7 +135,7 @@ class Namespace:
             if real is None:
                 continue
             if session_kind(real) or (os.path.isdir(real) and self._leads_to_session(real)):
-                shown.append(name)
+                shown.append((name, real))
         return shown
 
     # -- sessions -----------------------------------------------------------
@@ -141,6 +148,7 @@ class Namespace:
         with self._lock:
             s = self._sessions.get(real)
             if s is not None and s.identity == identity:
+                self._sessions.move_to_end(real)
                 return s
             gate = self._opening.setdefault(real, threading.Lock())
         with gate:
@@ -148,11 +156,13 @@ class Namespace:
                 s = self._sessions.get(real)
             if s is None or s.identity != identity:
                 s = open_session(real, self._display(real), self._password, self._tile_seconds,
-                                 self._inside, identity)
+                                 self._readers, self._index, self._inside, identity)
                 log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
                 with self._lock:
                     self._sessions[real] = s
-                self._on_open(s)
+                    while len(self._sessions) > self._max_sessions:
+                        old, _ = self._sessions.popitem(last=False)
+                        log.debug("session let go (least recently used): %s", self._display(old))
             return s
 
     def forget(self, real: str) -> None:
@@ -205,15 +215,27 @@ class Namespace:
             raise fserror(errno.ENOENT)
         return Node("file", real=real, session=session, rel=rel, file=f)
 
-    def listdir(self, node: Node) -> list[str]:
+    def entries(self, node: Node) -> list[tuple[str, Node]]:
+        """(name, node) of every entry of a folder: a listing answers each
+        entry's attributes too (readdirplus), instead of one lookup per file."""
+        out = []
         if node.kind == "dir":
-            names = self._visible_entries(node.real)
             if node.real == self.source:
-                names = [STATS_FILE] + names
-            return names
-        if node.kind == "sessiondir":
-            session = node.session or self.session(node.real)
-            if self.single and node.rel == "":
-                return [STATS_FILE] + session.dirs[""]
-            return list(session.dirs.get(node.rel, []))
-        raise fserror(errno.ENOTDIR)
+                out.append((STATS_FILE, Node("file", file=self._stats_file)))
+            for name, real in self._visible_entries(node.real):
+                out.append((name, Node("sessiondir" if session_kind(real) else "dir", real=real)))
+            return out
+        if node.kind != "sessiondir":
+            raise fserror(errno.ENOTDIR)
+        session = node.session or self.session(node.real)
+        if self.single and node.rel == "":
+            out.append((STATS_FILE, Node("file", file=self._stats_file)))
+        prefix = node.rel + "/" if node.rel else ""
+        for name in session.dirs.get(node.rel, []):
+            rel = prefix + name
+            if rel in session.dirs:
+                out.append((name, Node("sessiondir", real=node.real, session=session, rel=rel)))
+            else:
+                out.append((name, Node("file", real=node.real, session=session, rel=rel,
+                                       file=session.files[rel])))
+        return out

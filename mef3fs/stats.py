@@ -12,6 +12,7 @@ COUNTERS = (
     "decodes_foreground", "decodes_background", "decodes_inprocess", "decode_errors",
     "readahead_scheduled", "readahead_hits", "readahead_cancelled",
     "evictions", "expired", "worker_restarts", "task_retries",
+    "indexes_loaded", "indexes_dropped",
 )
 
 

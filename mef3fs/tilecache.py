@@ -1,10 +1,8 @@
-"""Tiles and the tile cache: how a sample range becomes decoded float32 arrays.
+"""The tile cache: how a sample range becomes decoded float32 arrays.
 
-A channel's grid is cut into tiles whose edges sit on MEF block starts
-(so no block is decoded for two tiles) and whose length is near a target.
-Stretches with no block at all are "empty" tiles: NaN, never decoded. The
-cache is shared by every session: a global byte budget, LRU eviction, idle
-expiry, and single-flight (two readers of one missing tile cause one decode).
+Tiles are cut by tiles.py; the cache is shared by every session: a global
+byte budget, LRU eviction, idle expiry, and single-flight (two readers of one
+missing tile cause one decode).
 """
 
 from __future__ import annotations
@@ -14,140 +12,12 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, CancelledError
-from dataclasses import dataclass
-
 import numpy as np
 
 from .decoders import BACKGROUND, FOREGROUND, DecodeError, DecodeSpec
+from .tiles import ChannelTiles, grid_time
 
 log = logging.getLogger("mef3fs.cache")
-
-
-def grid_time(t0: int, fs: float, i: int) -> float:
-    """uUTC of grid sample i. The one formula every window edge uses."""
-    return t0 + i * 1e6 / fs
-
-
-def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: int):
-    """Tile edges (n_tiles+1 grid indices) and a per-tile 'has data' flag.
-
-    Edges fall on block starts; a block longer than twice the target is cut
-    inside (it will be decoded for each part, which only happens when the
-    target is smaller than the file's blocks). Stretches with no block
-    (gaps, before a late start, after an early end) become data-free tiles,
-    kept one sample clear of any block so rounding cannot hide a sample.
-    """
-    target = max(1, int(target))
-    starts = np.rint((np.asarray(block_starts, dtype=np.float64) - t0) * fs / 1e6).astype(np.int64)
-    lengths = np.asarray(block_lengths, dtype=np.int64)
-    order = np.argsort(starts, kind="stable")
-    starts, lengths = starts[order], lengths[order]
-
-    edges = [0]
-    has_data = []
-
-    def cut(at: int, data: bool) -> None:
-        at = min(max(at, edges[-1]), n)
-        if at > edges[-1]:
-            edges.append(at)
-            has_data.append(data)
-
-    i = 0
-    nb = len(starts)
-    while i < nb:
-        # one run of blocks that follow each other without a gap
-        run_start = starts[i] - 1
-        j = i
-        run_end = starts[i] + lengths[i]
-        while j + 1 < nb and starts[j + 1] <= run_end + 1:
-            j += 1
-            run_end = max(run_end, starts[j] + lengths[j])
-        cut(run_start, False)                     # the empty stretch before the run
-        tile_start = edges[-1]
-        for k in range(i, j + 1):
-            # blocks are clipped to the grid: samples outside it are never read
-            b0, b1 = max(int(starts[k]), 0), min(int(starts[k] + lengths[k]), n)
-            if b0 - tile_start >= target:
-                cut(b0, True)
-                tile_start = edges[-1]
-            while b1 - tile_start > 2 * target:   # an oversized block
-                cut(tile_start + target, True)
-                tile_start = edges[-1]
-        cut(run_end + 1, True)
-        i = j + 1
-    cut(n, False)
-    return np.asarray(edges, dtype=np.int64), np.asarray(has_data, dtype=bool)
-
-
-EDGE_MARGIN = 0.45    # samples: keeps a window's sample count round((te - ts) * fs) unchanged
-
-
-def tile_windows(edges, has_data, t0: int, fs: float, block_starts):
-    """How far (in samples) each tile's decode window is pulled in from its grid edges.
-
-    A block rarely starts exactly on a grid point. A window [grid(a), grid(b))
-    then reaches a fraction of a sample into the neighbouring block, and the
-    decoder reads (and checks) that whole block too: a damaged neighbour would
-    fail an intact tile. Pulling the end in to the next block's start, and the
-    start up to the tile's first block, keeps each tile's reads to its own
-    blocks. The start moves only where no block in the tile changes the grid
-    sample it lands on, and the two together stay under half a sample, so the
-    samples returned are exactly the same.
-    """
-    nt = len(has_data)
-    lo, hi = np.zeros(nt), np.zeros(nt)
-    pos = np.sort((np.asarray(block_starts, dtype=np.float64) - t0) * fs / 1e6)
-    if not len(pos):
-        return lo, hi
-    first = np.rint(pos)
-    k = np.minimum(np.searchsorted(first, edges), len(first) - 1)
-    x = np.where(first[k] == edges, pos[k], np.nan)        # exact start of a block at each edge
-    for t in np.flatnonzero(has_data):
-        a, b = edges[t], edges[t + 1]
-        if x[t + 1] < b:
-            hi[t] = min(b - x[t + 1], EDGE_MARGIN)
-        if x[t] > a and x[t] - a + hi[t] < EDGE_MARGIN:
-            inner = pos[np.searchsorted(first, a):np.searchsorted(first, b)] - (x[t] - a)
-            if np.all((np.rint(inner) == first[np.searchsorted(first, a):np.searchsorted(first, b)])
-                      & (np.abs(inner - np.floor(inner) - 0.5) > 0.02)):
-                lo[t] = x[t] - a
-    return lo, hi
-
-
-@dataclass
-class ChannelTiles:
-    """The tiles of one channel file: what to decode for each tile index."""
-    key: tuple            # (session id, channel name): unique per opened session
-    session_path: str
-    channel: str
-    label: str            # for log lines: "session/channel"
-    t0: int
-    fs: float
-    n: int
-    edges: np.ndarray
-    has_data: np.ndarray
-    identity: tuple = ()
-    lo: np.ndarray | None = None     # window pulled in at the start, in samples (tile_windows)
-    hi: np.ndarray | None = None     # ... and at the end
-
-    def tiles_for(self, s0: int, s1: int) -> range:
-        """Indices of the tiles covering grid samples [s0, s1)."""
-        if s1 <= s0:
-            return range(0)
-        first = int(np.searchsorted(self.edges, s0, side="right")) - 1
-        last = int(np.searchsorted(self.edges, s1, side="left"))
-        return range(max(first, 0), min(last, len(self.has_data)))
-
-    def bounds(self, i: int) -> tuple[int, int]:
-        return int(self.edges[i]), int(self.edges[i + 1])
-
-    def spec(self, i: int) -> DecodeSpec:
-        a, b = self.bounds(i)
-        lo = float(self.lo[i]) if self.lo is not None else 0.0
-        hi = float(self.hi[i]) if self.hi is not None else 0.0
-        return DecodeSpec(self.session_path, self.channel, grid_time(self.t0, self.fs, a) + lo * 1e6 / self.fs,
-                          grid_time(self.t0, self.fs, b) - hi * 1e6 / self.fs, b - a,
-                          self.t0, self.fs, a, self.identity)
 
 
 class _Flight:
@@ -213,7 +83,7 @@ class TileCache:
             a, b = tiles.bounds(i)
             lo, hi = max(a, s0), min(b, s1)
             dst = out[lo - s0:hi - s0]
-            if not tiles.has_data[i]:
+            if not tiles.has_data(i):
                 dst.fill(np.nan)
                 continue
             tile = self.get(tiles, i)
@@ -335,13 +205,14 @@ class TileCache:
 
     def prefetch(self, tiles: ChannelTiles, i: int):
         """Start a background decode of tile i unless present; returns a token to cancel it."""
-        if self._pool is None or not self.readahead or not tiles.has_data[i]:
+        if self._pool is None or not self.readahead or not tiles.has_data(i):
             return None
         key = tiles.key + (i,)
         with self._lock:
             if key in self._tiles or key in self._flights:
                 return None
-            if self._readahead_bytes + 4 * int(tiles.edges[i + 1] - tiles.edges[i]) > self.budget // 2:
+            a, b = tiles.bounds(i)
+            if self._readahead_bytes + 4 * (b - a) > self.budget // 2:
                 return None   # read-ahead may use half the budget, never the readers' half
             flight, _ = self._start(tiles, i, key, background=True)
         self._stats.add("readahead_scheduled")

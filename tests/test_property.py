@@ -12,6 +12,7 @@ continue where the last one ended (a sequential stream for read-ahead).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def prop(module_mount_fs, tmp_path_factory):
         sdir = m.root / rel
         info = read_info(sdir)
         assert info["status"] == "ok", info
+        with open(sdir / info["gaps_file"], encoding="utf-8") as f:
+            gaps = {c["name"]: c["gaps"] for c in json.load(f)["channels"]}
         refs = {}
         for ch in info["channels"]:
             ref = reference(real, ch["name"]).tobytes()
@@ -78,7 +81,7 @@ def prop(module_mount_fs, tmp_path_factory):
             idx = {0, ch["first_index"], ch["number_of_samples"]}
             for s in ch["segments"]:
                 idx |= {s["start_index"], s["start_index"] + s["number_of_samples"]}
-            for g in ch["gaps"]:
+            for g in gaps[ch["name"]]:
                 idx |= {g["start_index"], g["end_index"]}
             edges = sorted(4 * i for i in idx)
             files.append((sdir / ch["file"], ref, edges))

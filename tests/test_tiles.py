@@ -1,4 +1,4 @@
-"""The tile math of mef3fs/tilecache.py, tested without a mount.
+"""The tile math of mef3fs/tiles.py, tested without a mount.
 
 Only pure tile arithmetic lives here: where `tile_edges` puts the edges,
 which tiles `ChannelTiles.tiles_for` picks for a sample range, which grid
@@ -27,9 +27,11 @@ from hypothesis import strategies as st
 import mef3io
 
 from mef3fs.decoders import DecodeSpec, make_decoder
+from mef3fs.index import IndexCache, MetaReaders
 from mef3fs.session import open_session
 from mef3fs.stats import Stats
-from mef3fs.tilecache import ChannelTiles, TileCache, grid_time, tile_edges
+from mef3fs.tilecache import TileCache
+from mef3fs.tiles import ChannelTiles, grid_time, tile_edges
 from tests.sessions import T0, _rng, _signal, reference, session_grid
 
 RATES = (256.0, 1000.0, 32768.0, 499.907, 255.99966850667516)
@@ -252,20 +254,20 @@ def test_tile_edges_invariants(table, fs, rnd):
 
 def make_tiles(n, blocks, target, fs=1000.0, t0=T0):
     edges, has = edges_of(n, blocks, target, fs=fs, t0=t0)
-    return ChannelTiles(("s", "c"), "/nowhere", "c", "s/c", t0, fs, n, edges, has)
+    return ChannelTiles.fixed(("s", "c"), "/nowhere", "c", "s/c", t0, fs, n, edges, has)
 
 
 def check_tiles_for(tiles, s0, s1):
     r = tiles.tiles_for(s0, s1)
-    ntiles = len(tiles.has_data)
-    assert r.step == 1 and 0 <= r.start and r.stop <= ntiles
+    everything = tiles.all_tiles()
     lo, hi = max(0, s0), min(tiles.n, s1)
     if hi <= lo:
         assert len(r) == 0, f"[{s0}, {s1}) of n={tiles.n}: {r}"
         return
-    e = tiles.edges
-    assert e[r.start] <= lo < e[r.start + 1], f"first tile {r.start} does not hold {lo}"
-    assert e[r.stop - 1] < hi <= e[r.stop], f"last tile {r.stop - 1} does not hold {hi - 1}"
+    k = everything.index(r[0])
+    assert r == everything[k:k + len(r)], f"tiles of [{s0}, {s1}) are not consecutive: {r}"
+    assert tiles.bounds(r[0])[0] <= lo < tiles.bounds(r[0])[1], f"first tile {r[0]} does not hold {lo}"
+    assert tiles.bounds(r[-1])[0] < hi <= tiles.bounds(r[-1])[1], f"last tile {r[-1]} does not hold {hi - 1}"
 
 
 def test_tiles_for_at_and_around_edges():
@@ -302,7 +304,7 @@ def test_spec_window_maps_back_to_the_tile(fs):
     n = int(fs * 3600)
     blocks = [(k * int(fs), int(fs)) for k in range(0, 3600, 1)]
     t = make_tiles(n, blocks[:50] + blocks[60:], int(fs * 10), fs=fs)
-    for i in range(len(t.has_data)):
+    for i in t.all_tiles():
         a, b = t.bounds(i)
         spec = t.spec(i)
         assert spec.n == b - a and spec.nbytes == 4 * (b - a)
@@ -338,9 +340,9 @@ def test_samples_are_sliced_from_the_right_tiles(fs):
     dec = IndexDecoder(T0, fs)
     cache = TileCache(1 << 20, 300, None, dec, 4096, Stats())
     expect = np.arange(n, dtype=np.float32)
-    for i in range(len(t.has_data)):
+    for i in t.all_tiles():
         a, b = t.bounds(i)
-        if not t.has_data[i]:
+        if not t.has_data(i):
             expect[a:b] = np.nan
     rng = np.random.default_rng(3)
     ranges = [(0, n), (0, 1), (n - 1, n), (49, 51), (150, 151)]
@@ -354,7 +356,7 @@ def test_samples_are_sliced_from_the_right_tiles(fs):
     for spec in dec.calls:
         a = round((spec.ts - T0) * fs / 1e6)
         i = t.tiles_for(a, a + 1)[0]
-        assert t.has_data[i] and t.bounds(i) == (a, a + spec.n)
+        assert t.has_data(i) and t.bounds(i) == (a, a + spec.n)
 
 
 # ---------------------------------------------------------------------------
@@ -384,10 +386,21 @@ def edge_session(tmp_path_factory):
     return build_edge_session(tmp_path_factory.mktemp("tiles") / "edge.mefd")
 
 
+def tile_table(tiles):
+    """(edges, has_data) over the whole channel, every piece loaded."""
+    ids = tiles.all_tiles()
+    edges = np.array([tiles.bounds(i)[0] for i in ids] + [tiles.n], dtype=np.int64)
+    return ids, edges, np.array([tiles.has_data(i) for i in ids], dtype=bool)
+
+
 @pytest.mark.parametrize("tile_seconds", (0.04, 0.3, 1.0, 2.7, 10.0, 1000.0))
 def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
-    session = open_session(str(edge_session), str(edge_session), "", tile_seconds)
+    stats = Stats()
+    readers = MetaReaders("")
+    index = IndexCache(readers, 1 << 20, stats)
+    session = open_session(str(edge_session), str(edge_session), "", tile_seconds, readers, index)
     assert session.ok, session.error
+    assert stats.snapshot()["indexes_loaded"] == 0, "opening a session read a block index"
     decoder = make_decoder("mef3io")
     g = session_grid(str(edge_session))
     try:
@@ -395,12 +408,12 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
             tiles = session.files[f"{ch}.f32"].rows[0]
             ref = reference(edge_session, ch)
             assert tiles.n == len(ref)
-            check_invariants(tiles.n, [], max(1, round(tile_seconds * tiles.fs)),
-                             tiles.edges, tiles.has_data)
+            ids, edges, has_data = tile_table(tiles)
+            check_invariants(tiles.n, [], max(1, round(tile_seconds * tiles.fs)), edges, has_data)
             got = np.empty(tiles.n, dtype=np.float32)
-            for i in range(len(tiles.has_data)):
+            for i in ids:
                 a, b = tiles.bounds(i)
-                if tiles.has_data[i]:
+                if tiles.has_data(i):
                     got[a:b] = decoder.read(tiles.spec(i))
                 else:
                     got[a:b] = np.nan
@@ -411,6 +424,6 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
             assert bad.size == 0, (
                 f"{ch} tile-seconds {tile_seconds}: {bad.size} samples differ, first at "
                 f"{bad[:5].tolist()} (tiles {[tiles.tiles_for(int(b_), int(b_) + 1)[0] for b_ in bad[:3]]}"
-                f", edges near: {tiles.edges[max(0, np.searchsorted(tiles.edges, bad[0]) - 1):][:3].tolist()})")
+                f", edges near: {edges[max(0, np.searchsorted(edges, bad[0]) - 1):][:3].tolist()})")
     finally:
         decoder.close()

@@ -1,0 +1,172 @@
+"""Block indexes: each channel's tiles and gaps, read per segment on first use, dropped under pressure.
+
+Listing a session reads only session, channel and segment metadata; the
+block index (`.tidx`, a row per MEF block: a week of 1 s blocks is 600,000
+rows per channel) is read here, when a read or a view first needs a piece
+of a channel. mef3io's `block_envelope` reads it for a time window, so a
+piece costs only its own segment's index. Tables live under one byte budget,
+least recently used dropped first; a dropped table is built again, the same,
+when it is needed again.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import warnings
+
+import numpy as np
+
+from .decoders import DecodeError, _ReaderCache
+from .tiles import ChannelTiles, TileTable, grid_length, grid_time, tile_edges, tile_windows
+
+log = logging.getLogger("mef3fs.index")
+
+MAX_OPEN_READERS = 16          # metadata readers kept open by the daemon
+
+
+class MetaReaders:
+    """The daemon's mef3io readers, for metadata and block indexes (never samples)."""
+
+    def __init__(self, password: str, max_open: int = MAX_OPEN_READERS):
+        import mef3io
+        self._mef3io = mef3io
+
+        def open_reader(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return mef3io.Reader(path, password=password)
+        self._readers = _ReaderCache(open_reader, max_open)
+
+    def get(self, path: str, identity: tuple = ()):
+        return self._readers.get(path, identity)
+
+    def clear(self) -> None:
+        self._readers.clear()
+
+
+def read_blocks(reader, channel: str, ts: float, te: float) -> tuple[np.ndarray, np.ndarray]:
+    """(start uUTC, end uUTC) of every block overlapping [ts, te), from the index alone."""
+    env = reader.block_envelope(channel, int(math.floor(ts)), int(math.ceil(te)))
+    return np.asarray(env["start_uutc"], dtype=np.int64), np.asarray(env["end_uutc"], dtype=np.int64)
+
+
+def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.ndarray) -> TileTable:
+    """A piece's tiles and gaps from its blocks (start/end uUTC)."""
+    a, b = tiles.piece_range(piece)
+    fs, t0 = tiles.fs, tiles.t0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    lengths = np.rint((ends - starts) * fs / 1e6).astype(np.int64)
+    edges, has_data = tile_edges(b, t0, fs, starts, lengths, tiles.target, first=a)
+    lo, hi = tile_windows(edges, has_data, t0, fs, starts)
+    step = 1e6 / fs
+    block_end = starts + lengths * step
+    holes = np.flatnonzero(starts[1:] - block_end[:-1] > step / 2)
+    gaps = np.stack([block_end[holes], starts[holes + 1].astype(np.float64)], axis=1) if len(holes) \
+        else np.zeros((0, 2))
+    first = float(starts[0]) if len(starts) else math.nan
+    last = float(block_end[-1]) if len(starts) else math.nan
+    return TileTable(edges, has_data, lo, hi, gaps=gaps, first_start=first, last_end=last,
+                     blocks=len(starts))
+
+
+class IndexCache:
+    """Loaded tile tables of every session, under one byte budget, one load per piece in flight.
+
+    `on_first_load(session_path, identity)` runs once per session, when its
+    first table is loaded: that is when the decoder workers should open it,
+    not when it was merely listed.
+    """
+
+    def __init__(self, readers: MetaReaders, budget: int, stats, on_first_load=None):
+        self._readers = readers
+        self.budget = int(budget)
+        self._stats = stats
+        self._on_first_load = on_first_load or (lambda path, identity: None)
+        self._lock = threading.Lock()
+        self._tables: collections.OrderedDict = collections.OrderedDict()   # key -> TileTable
+        self._loading: dict = {}
+        self._bytes = 0
+        self._sessions_seen: set = set()
+
+    def __call__(self, tiles: ChannelTiles, piece: int) -> TileTable:
+        key = tiles.key + (piece,)
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                table = self._tables.get(key)
+                if table is not None:
+                    return table
+            table = self._load(tiles, piece)
+            with self._lock:
+                self._loading.pop(key, None)
+                self._insert(key, table)
+            return table
+
+    def _load(self, tiles: ChannelTiles, piece: int) -> TileTable:
+        a, b = tiles.piece_range(piece)
+        ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
+        try:
+            reader = self._readers.get(tiles.session_path, tiles.identity)
+            starts, ends = read_blocks(reader, tiles.channel, ts, te)
+        except DecodeError:
+            raise
+        except Exception as exc:   # a damaged or vanished index: EIO for this read, said once per read
+            raise DecodeError(f"{tiles.label}: block index of uUTC {ts:.0f}-{te:.0f} cannot be read: "
+                              f"{type(exc).__name__}: {exc}") from None
+        table = build_table(tiles, piece, starts, ends)
+        self._stats.add("indexes_loaded")
+        log.debug("index loaded %s piece %d [%d, %d): %d blocks, %d tiles, %d bytes", tiles.label,
+                  piece, a, b, table.blocks, len(table.has_data), table.nbytes)
+        session = (tiles.session_path, tiles.identity)
+        if session not in self._sessions_seen:
+            self._sessions_seen.add(session)
+            self._on_first_load(*session)
+        return table
+
+    def _insert(self, key, table: TileTable) -> None:
+        """Lock held. The newest table is always kept, even alone over budget."""
+        if key in self._tables:
+            return
+        while self._tables and self._bytes + table.nbytes > self.budget:
+            old_key, old = self._tables.popitem(last=False)
+            self._bytes -= old.nbytes
+            self._stats.add("indexes_dropped")
+            log.debug("index dropped %s", old_key)
+        self._tables[key] = table
+        self._bytes += table.nbytes
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"index_bytes": self._bytes, "index_tables": len(self._tables),
+                    "index_budget": self.budget}
+
+
+def channel_gaps(tiles: ChannelTiles) -> list[dict]:
+    """Every hole between consecutive blocks longer than half a sample, in uUTC and grid indices.
+
+    Holes inside a piece come from its table; a hole across two pieces (a
+    segment boundary) from the last block of one and the first of the next.
+    """
+    fs, t0 = tiles.fs, tiles.t0
+    holes = []
+    prev_end = None
+    for p in range(tiles.pieces):
+        table = tiles.table(p)
+        if not table.blocks:
+            continue
+        if prev_end is not None and table.first_start - prev_end > 1e6 / fs / 2:
+            holes.append((prev_end, table.first_start))
+        holes.extend(map(tuple, table.gaps))
+        prev_end = max(prev_end, table.last_end) if prev_end is not None else table.last_end
+    return [{"start_uutc": int(round(end)), "end_uutc": int(start),
+             "start_index": grid_length(t0, end, fs), "end_index": grid_length(t0, start, fs)}
+            for end, start in holes]

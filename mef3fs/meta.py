@@ -1,0 +1,150 @@
+"""A session's metadata: what listing may read (session, channel and segment metadata, never blocks).
+
+Everything a folder listing, a file size or info.json needs comes from here:
+channel names and safe file names, rates, the shared time grid, units,
+segments, the password level. Each channel gets its `ChannelTiles`, whose
+tables the index cache loads only when the channel is first read.
+Metadata always comes from mef3io, whichever decoder serves samples: the
+grid is mef3io's, so the layout must be too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from .tiles import ChannelTiles, grid_length, piece_starts
+from .jsontext import clean
+
+MAX_NAME_BYTES = 240          # room for ".f32"/".npy" under the 255-byte limit
+
+
+def rate_label(fs: float) -> str:
+    """'1000', '499.907', '255.99966850667516': the shortest repr that round-trips."""
+    text = repr(float(fs))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def safe_names(names: list[str]) -> dict[str, str]:
+    """Channel name -> file stem. Names that are fine stay as they are."""
+    out, taken = {}, set()
+    for name in names:
+        stem = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
+        try:
+            stem.encode("utf-8")
+        except UnicodeEncodeError:
+            stem = stem.encode("utf-8", "replace").decode("utf-8")
+        if stem.startswith("."):
+            stem = "_" + stem[1:]          # a hidden channel file would be missed by ls and globs
+        if not stem:
+            stem = "_"
+        if len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+            digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            stem = stem.encode("utf-8")[:MAX_NAME_BYTES - 9].decode("utf-8", "ignore") + "~" + digest
+        base, k = stem, 1
+        while stem in taken:
+            k += 1
+            stem = f"{base}~{k}"
+        taken.add(stem)
+        out[name] = stem
+    return out
+
+
+@dataclass
+class ChannelMeta:
+    name: str
+    stem: str                 # file name without extension
+    fs: float
+    n: int                    # samples on the grid
+    info: dict                # mef3io's info()
+    segments: list            # mef3io's segments()
+    tiles: ChannelTiles
+
+    @property
+    def units(self):
+        return clean(self.info.get("units_description"))
+
+    @property
+    def first_index(self) -> int:
+        return grid_length(self.tiles.t0, int(self.info["start_time"]), self.fs)
+
+
+@dataclass
+class GridMeta:
+    """All channels of one rate: one grid, one matrix, one view of each kind."""
+    fs: float
+    n: int
+    t0: int
+    channels: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return rate_label(self.fs)
+
+    @property
+    def rows(self) -> list:
+        return [c.tiles for c in self.channels]
+
+
+@dataclass
+class SessionMeta:
+    path: str                 # real path we open
+    shown_path: str           # the path the user knows
+    identity: tuple
+    password_level: int       # 0 none, 1 technical (times relative), 2 subject
+    t0: int
+    t_end: int
+    first: dict               # info() of the first channel: session-wide fields
+    channels: list
+    grids: list
+    left_out: list            # [{"name", "reason"}]
+
+
+def _outside(session_path: str, segments, inside) -> bool:
+    """A channel whose segment files resolve outside SOURCE (tar members have no such path).
+
+    The session's own path is already resolved, so a segment folder reached
+    through no symbolic link is inside: two lstat calls instead of a realpath
+    walk of every component (which was a fifth of listing a session)."""
+    for seg in segments:
+        path = seg.get("path") or ""
+        folder = os.path.dirname(path)
+        if os.path.dirname(folder) == session_path and not (os.path.islink(folder) or os.path.islink(path)):
+            continue
+        if os.path.exists(path) and not inside(os.path.realpath(path)):
+            return True
+    return False
+
+
+def read_meta(reader, path: str, shown_path: str, identity: tuple, password: str,
+              tile_seconds: float, index, inside=lambda real: True) -> SessionMeta:
+    """Metadata of an opened mef3io reader; `index` loads tile tables later (IndexCache)."""
+    segments = {n: reader.segments(n) for n in reader.channels}
+    names = [n for n in reader.channels if not _outside(path, segments[n], inside)]
+    left_out = [{"name": n, "reason": "leads outside SOURCE (symbolic link)"}
+                for n in sorted(set(reader.channels) - set(names))]
+    if not names:
+        raise ValueError("no channel with samples in this session")
+    infos = {name: reader.info(name) for name in names}
+    t0 = min(int(i["start_time"]) for i in infos.values())
+    t_end = max(int(i["end_time"]) for i in infos.values())
+    stems = safe_names(names)
+    first = infos[names[0]]
+    level = 0 if not password else (2 if first.get("subject_id") is not None else 1)
+
+    channels, grids = [], {}
+    for name in names:
+        info = infos[name]
+        fs = float(info["sampling_frequency"])
+        n = grid_length(t0, t_end, fs)
+        tiles = ChannelTiles((path, identity, name), path, name, f"{shown_path}/{name}", t0, fs, n,
+                             identity, target=max(1, round(tile_seconds * fs)),
+                             starts=piece_starts(t0, fs, n, [(int(s["start_time"]), int(s["end_time"]))
+                                                             for s in segments[name]]),
+                             load=index)
+        channel = ChannelMeta(name, stems[name], fs, n, info, segments[name], tiles)
+        channels.append(channel)
+        grids.setdefault(fs, GridMeta(fs, n, t0)).channels.append(channel)
+    return SessionMeta(path, shown_path, identity, level, t0, t_end, first, channels,
+                       list(grids.values()), left_out)

@@ -1,0 +1,37 @@
+"""A session folder being laid out: the files each view registers, and the info.json keys that name them.
+
+Views never see each other: each adds its files under paths relative to the
+session folder, and the keys that point at them to the session, a grid or a
+channel entry of info.json. Folders follow from the paths.
+"""
+
+from __future__ import annotations
+
+from ..meta import SessionMeta
+
+
+class Layout:
+    def __init__(self, meta: SessionMeta, reader, index):
+        self.meta = meta
+        self.reader = reader            # the open mef3io reader (metadata only: records, ...)
+        self.index = index              # index.IndexCache, for views made from block indexes
+        self.files: dict = {}           # relative path -> file
+        self.session_keys: dict = {}    # extra top-level info.json keys
+        self.grid_keys = {g.label: {} for g in meta.grids}
+        self.channel_keys = {c.name: {} for c in meta.channels}
+
+    def add(self, rel: str, file) -> str:
+        if rel in self.files:
+            raise ValueError(f"two views claim {rel}")
+        self.files[rel] = file
+        return rel
+
+    def dirs(self) -> dict:
+        """Folder (relative path, '' for the session folder) -> sorted entry names."""
+        out: dict = {"": set()}
+        for rel in self.files:
+            parts = rel.split("/")
+            for depth in range(len(parts)):
+                folder = "/".join(parts[:depth])
+                out.setdefault(folder, set()).add(parts[depth])
+        return {folder: sorted(names) for folder, names in out.items()}
