@@ -50,7 +50,7 @@ def open_session(path: str, shown_path: str, password: str, tile_seconds: float,
         _check_readable(path)
         reader = readers.get(path, identity)
         meta = read_meta(reader, path, shown_path, identity, password, tile_seconds, index, inside)
-        layout = lay_out(meta, reader, index)
+        layout = lay_out(meta, reader, readers, index)
         session.files, session.dirs = layout.files, layout.dirs()
         for item in meta.left_out:
             log.warning("session %s: channel %s %s; not shown", shown_path, item["name"], item["reason"])

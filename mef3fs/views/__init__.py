@@ -14,8 +14,8 @@ from .layout import Layout
 VIEWS = (channels, matrix, records, gaps, info)
 
 
-def lay_out(meta, reader, index) -> Layout:
-    layout = Layout(meta, reader, index)
+def lay_out(meta, reader, readers, index) -> Layout:
+    layout = Layout(meta, reader, readers, index)
     for view in VIEWS:
         view.add(layout)
     return layout

@@ -11,9 +11,10 @@ from ..meta import SessionMeta
 
 
 class Layout:
-    def __init__(self, meta: SessionMeta, reader, index):
+    def __init__(self, meta: SessionMeta, reader, readers, index):
         self.meta = meta
         self.reader = reader            # the open mef3io reader (metadata only: records, ...)
+        self.readers = readers          # index.MetaReaders: a reader later, when a file is made
         self.index = index              # index.IndexCache, for views made from block indexes
         self.files: dict = {}           # relative path -> file
         self.session_keys: dict = {}    # extra top-level info.json keys
