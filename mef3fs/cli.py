@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target tile length in seconds (default 10: one mef3io block)")
     p.add_argument("--cache-size", type=parse_size, default=parse_size("512M"),
                    metavar="SIZE", help="tile cache budget, e.g. 512M (default)")
+    p.add_argument("--index-size", type=parse_size, default=None, metavar="SIZE",
+                   help="memory for block indexes, shared by all sessions (default: an eighth of "
+                   "--cache-size, at least 16M); the least recently used are dropped and read again")
     p.add_argument("--cache-ttl", type=_positive_float, default=300.0, metavar="SECONDS",
                    help="drop tiles idle this long (default 300)")
     p.add_argument("--workers", type=_count, default=default_workers(), metavar="N",
@@ -208,7 +211,8 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
                     readahead=args.readahead > 0)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
     readers = MetaReaders(password)
-    index = IndexCache(readers, index_budget(args.cache_size), engine.stats,
+    budget = args.index_size if args.index_size is not None else index_budget(args.cache_size)
+    index = IndexCache(readers, budget, engine.stats,
                        on_first_load=engine.session_first_read)
     namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file, readers, index)
     engine.reporters += [index.snapshot, lambda: {"sessions_open": namespace.sessions_open}]

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from .decoders import DecodeError, _ReaderCache
-from .tiles import ChannelTiles, TileTable, grid_length, grid_time, tile_edges, tile_windows
+from .tiles import ChannelTiles, TileTable, grid_time, tile_edges, tile_windows
 
 log = logging.getLogger("mef3fs.index")
 
@@ -168,5 +168,11 @@ def channel_gaps(tiles: ChannelTiles) -> list[dict]:
         holes.extend(map(tuple, table.gaps))
         prev_end = max(prev_end, table.last_end) if prev_end is not None else table.last_end
     return [{"start_uutc": int(round(end)), "end_uutc": int(start),
-             "start_index": grid_length(t0, end, fs), "end_index": grid_length(t0, start, fs)}
+             "start_index": sample_index(t0, fs, end), "end_index": sample_index(t0, fs, start)}
             for end, start in holes]
+
+
+def sample_index(t0: int, fs: float, t: float) -> int:
+    """The grid sample mef3io puts a block sample at uUTC t on: the nearest, and
+    the earlier one when t falls exactly halfway (mef3io rounds halves down)."""
+    return math.ceil((t - t0) * fs / 1e6 - 0.5)
