@@ -56,6 +56,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -90,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--cache-size, at least 16M); the least recently used are dropped and read again")
     p.add_argument("--cache-ttl", type=_positive_float, default=300.0, metavar="SECONDS",
                    help="drop tiles idle this long (default 300)")
+    p.add_argument("--refresh", type=_non_negative_float, default=1.0, metavar="SECONDS",
+                   help="how often a session in use is checked for new data (default 1; 0: never)")
     p.add_argument("--workers", type=_count, default=default_workers(), metavar="N",
                    help="decoder processes (default: CPU count; 0 decodes in the daemon)")
     p.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
@@ -205,6 +214,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     from .fuseops import DebugOperations, Mef3fsOperations
     from .index import IndexCache, MetaReaders
     from .namespace import Namespace
+    from .refresh import Refresher
     from .views.files import DynamicFile
 
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl,
@@ -217,7 +227,10 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file, readers, index)
     engine.reporters += [index.snapshot, lambda: {"sessions_open": namespace.sessions_open}]
     ops_class = DebugOperations if args.debug else Mef3fsOperations
-    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready)
+    refresher = Refresher(namespace, args.refresh, None)
+    namespace.on_changed = refresher.drop_cached
+    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher)
+    refresher.invalidate = ops.kernel.invalidate
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}

@@ -75,9 +75,11 @@ class _ReaderCache:
         except OSError as exc:
             raise DecodeError(f"{exc.strerror}: the session is gone") from None
         now = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        if identity and identity != now:
+        if identity and tuple(identity[:3]) != now:
             raise DecodeError("the session was replaced or changed on disk since it was opened")
-        key = (path,) + now
+        # a later generation of a growing session (identity[3:]) needs a reader
+        # opened after the growth: an older one does not see the new blocks
+        key = (path,) + (tuple(identity) if identity else now)
         with self._lock:
             reader = self._readers.get(key)
             if reader is not None:

@@ -77,3 +77,30 @@ class FUSE(fuse.FUSE):
         fi = fip.contents
         return self.operations.read_into(None if path is None else path.decode(self.encoding, self.errors),
                                          dest, offset, fi if self.raw_fi else fi.fh)
+
+
+class KernelCache:
+    """Drops what the kernel caches of a path: its pages and attributes (libfuse3's
+    fuse_invalidate_path). Bound in init, where a FUSE context gives the mount's
+    handle; with libfuse2, which has no such call, it does nothing."""
+
+    def __init__(self):
+        self._fuse = None
+        self._call = getattr(fuse._libfuse, "fuse_invalidate_path", None)
+        if self._call is not None:
+            self._call.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            self._call.restype = ctypes.c_int
+
+    @property
+    def works(self) -> bool:
+        return self._call is not None and fuse.fuse_version_major >= 3
+
+    def bind(self) -> None:
+        ctx = fuse._libfuse.fuse_get_context()
+        self._fuse = ctx.contents.fuse if ctx else None
+
+    def invalidate(self, path: str) -> int:
+        """0, or -ENOENT when the kernel never looked the path up (nothing cached)."""
+        if not self.works or not self._fuse:
+            return 0
+        return self._call(self._fuse, path.encode("utf-8", "surrogateescape"))

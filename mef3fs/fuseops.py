@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, Listing, fuse
+from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, KernelCache, Listing, fuse
 
 from .decoders import DecodeError
 from .namespace import Namespace, fserror
@@ -44,12 +44,24 @@ def _ignore_sigpipe() -> None:
 
 
 class _Handle:
-    __slots__ = ("file", "readahead", "lock")
+    __slots__ = ("file", "readahead", "lock", "session", "rel")
 
-    def __init__(self, file, readahead):
+    def __init__(self, file, readahead, session=None, rel=""):
         self.file = file
         self.readahead = readahead
         self.lock = threading.Lock()
+        self.session = session      # the session the file belongs to, as it was when opened
+        self.rel = rel
+
+
+def _layout(file) -> tuple:
+    """Where a signal file's samples sit: a file read again (refresh) that keeps it
+    keeps its old bytes at the same offsets. One channel may grow at its end; a
+    matrix whose rows got longer moved every row after the first."""
+    rows = getattr(file, "rows", None)
+    if rows is None:
+        return ()
+    return (len(file.header), len(rows)) + ((file.n,) if len(rows) > 1 else ())
 
 
 def _erofs(*_args, **_kwargs):
@@ -59,11 +71,14 @@ def _erofs(*_args, **_kwargs):
 class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
-    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None):
+    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None):
         self.ns = namespace
         self.engine = engine
         self.readahead_bytes = readahead_bytes
         self.on_ready = on_ready
+        self.refresher = refresher      # refresh.Refresher: started in init, after any fork
+        self.kernel = KernelCache()
+        self._served: dict[str, tuple] = {}   # path -> the session generation its pages came from
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict = {}      # open folder -> its node, then its Listing once listed
         self._fh = itertools.count(1)
@@ -89,9 +104,15 @@ class Mef3fsOperations(fuse.Operations):
             # readdirplus on every listing request, not only the first of each
             # folder: the later ones would otherwise cost a lookup per entry
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        self.kernel.bind()
         if self.on_ready:
             self.on_ready()
         self.engine.start()
+        if self.refresher is not None:
+            if not self.kernel.works:
+                log.warning("libfuse2 cannot drop the kernel's cached pages: a recording that grows "
+                            "while mounted shows new sizes only after the attribute timeout")
+            self.refresher.start()
         log.info("mounted; %s", self.engine.describe())
 
     def destroy(self, path):
@@ -99,6 +120,8 @@ class Mef3fsOperations(fuse.Operations):
         # ends; a write to a worker that died in the same signal storm must
         # be an error we handle, not the end of the daemon.
         _ignore_sigpipe()
+        if self.refresher is not None:
+            self.refresher.close()
         for h in list(self._handles.values()):
             h.readahead.close()
         self._handles.clear()
@@ -201,19 +224,50 @@ class Mef3fsOperations(fuse.Operations):
                 raise fuse.FuseOSError(errno.EIO)
             fi.direct_io = 1
         else:
-            fi.keep_cache = 1
+            # The kernel keeps a file's pages from open to open, unless told not to:
+            # not when they may come from another generation of its session.
+            served = (node.session.keyspace, node.session.generation) if node.session else ()
+            fi.keep_cache = int(self._served.get(path, served) == served)
+            self._served[path] = served
         fh = next(self._fh)
-        self._handles[fh] = _Handle(file, ReadAhead(file, self.engine.cache, self.readahead_bytes))
+        self._handles[fh] = _Handle(file, ReadAhead(file, self.engine.cache, self.readahead_bytes),
+                                    node.session, node.rel)
+        if node.session is not None:
+            self.ns.opened(node.session)
         fi.fh = fh
         return 0
+
+    def _follow(self, handle: _Handle):
+        """The handle's file in the newest generation of its session, when the
+        session grew since it was opened; ESTALE when it is another session now
+        (written anew in place) or the file moved its bytes."""
+        newest = handle.session.newest()
+        s = handle.session
+        while s is not newest:
+            if not s.compatible:
+                raise fuse.FuseOSError(errno.ESTALE)
+            s = s.superseded_by
+        file = newest.files.get(handle.rel)
+        if file is None or _layout(file) != _layout(handle.file):
+            raise fuse.FuseOSError(errno.ESTALE)
+        if getattr(handle.file, "rows", None) is not None:   # files of samples follow; others are snapshots
+            with handle.lock:
+                handle.readahead.close()
+                handle.readahead = ReadAhead(file, self.engine.cache, self.readahead_bytes)
+                handle.file = file
+        handle.session = newest
+        return handle.file
 
     def read_into(self, path, dest, offset, fi) -> int:
         """FUSE's read (see fuselib.FUSE.read): bytes go straight into the kernel's buffer."""
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise fuse.FuseOSError(errno.EBADF)
+        file = handle.file
+        if handle.session is not None and handle.session.superseded_by is not None:
+            file = self._follow(handle)
         try:
-            n = handle.file.read_into(self.engine.cache, offset, dest)
+            n = file.read_into(self.engine.cache, offset, dest)
         except DecodeError as exc:
             log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + len(dest), exc)
             raise fuse.FuseOSError(errno.EIO)
@@ -234,6 +288,8 @@ class Mef3fsOperations(fuse.Operations):
         if handle is not None:
             with handle.lock:
                 handle.readahead.close()
+            if handle.session is not None:
+                self.ns.closed(handle.session)
         return 0
 
     # -- everything that would change something ----------------------------

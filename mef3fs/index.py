@@ -93,7 +93,7 @@ class IndexCache:
         self._sessions_seen: set = set()
 
     def __call__(self, tiles: ChannelTiles, piece: int) -> TileTable:
-        key = tiles.key + (piece,)
+        key = tiles.key + (tiles.serials[piece],)
         with self._lock:
             table = self._tables.get(key)
             if table is not None:

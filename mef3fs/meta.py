@@ -117,9 +117,36 @@ def _outside(session_path: str, segments, inside) -> bool:
     return False
 
 
-def read_meta(reader, path: str, shown_path: str, identity: tuple, password: str,
-              tile_seconds: float, index, inside=lambda real: True) -> SessionMeta:
-    """Metadata of an opened mef3io reader; `index` loads tile tables later (IndexCache)."""
+def _serials(old: ChannelTiles | None, old_segments, starts, n: int, segments) -> list | None:
+    """Piece serials for a channel read again: a piece with the same grid range over
+    the same segment keeps its serial (and so its cached tiles); others get new ones."""
+    if old is None:
+        return None
+
+    def shape(segs):
+        return sorted((int(s["start_time"]), int(s["end_time"]), int(s["number_of_samples"]),
+                       int(s["number_of_blocks"])) for s in segs)
+    before, now = shape(old_segments), shape(segments)
+    nxt = max(old.serials) + 1
+    out = []
+    for p in range(len(starts)):
+        span = (int(starts[p]), int(starts[p + 1]) if p + 1 < len(starts) else n)
+        if p < old.pieces and p < len(before) and p < len(now) and before[p] == now[p] \
+                and old.piece_range(p) == span:
+            out.append(old.serials[p])
+        else:
+            out.append(nxt)
+            nxt += 1
+    return out
+
+
+def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tuple, password: str,
+              tile_seconds: float, index, inside=lambda real: True, previous=None) -> SessionMeta:
+    """Metadata of an opened mef3io reader; `index` loads tile tables later (IndexCache).
+
+    `keyspace` names the tiles (the same for every generation of a growing
+    session), `identity` is what decoders check; `previous` is the metadata
+    of the session this one replaces, whose unchanged pieces are kept."""
     segments = {n: reader.segments(n) for n in reader.channels}
     names = [n for n in reader.channels if not _outside(path, segments[n], inside)]
     left_out = [{"name": n, "reason": "leads outside SOURCE (symbolic link)"}
@@ -133,16 +160,19 @@ def read_meta(reader, path: str, shown_path: str, identity: tuple, password: str
     first = infos[names[0]]
     level = 0 if not password else (2 if first.get("subject_id") is not None else 1)
 
+    before = {c.name: c for c in previous.channels} if previous is not None and previous.t0 == t0 else {}
     channels, grids = [], {}
     for name in names:
         info = infos[name]
         fs = float(info["sampling_frequency"])
         n = grid_length(t0, t_end, fs)
-        tiles = ChannelTiles((path, identity, name), path, name, f"{shown_path}/{name}", t0, fs, n,
-                             identity, target=max(1, round(tile_seconds * fs)),
-                             starts=piece_starts(t0, fs, n, [(int(s["start_time"]), int(s["end_time"]))
-                                                             for s in segments[name]]),
-                             load=index)
+        starts = piece_starts(t0, fs, n, [(int(s["start_time"]), int(s["end_time"])) for s in segments[name]])
+        old = before.get(name)
+        serials = _serials(old.tiles, old.segments, starts, n, segments[name]) \
+            if old is not None and old.fs == fs else None
+        tiles = ChannelTiles((path, keyspace, name), path, name, f"{shown_path}/{name}", t0, fs, n,
+                             identity, target=max(1, round(tile_seconds * fs)), starts=starts,
+                             load=index, serials=serials)
         channel = ChannelMeta(name, stems[name], fs, n, info, segments[name], tiles)
         channels.append(channel)
         grids.setdefault(fs, GridMeta(fs, n, t0)).channels.append(channel)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .refresh import grew, signature as take_signature
 from .session import Session, open_session
 
 log = logging.getLogger("mef3fs.namespace")
@@ -73,6 +74,9 @@ class Namespace:
         self._lock = threading.Lock()
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
         self._opening: dict[str, threading.Lock] = {}
+        self._mount_paths: dict[str, set] = {}     # real session path -> mount paths it was seen at
+        self._open_files: dict[str, int] = {}      # real session path -> open file handles
+        self.on_changed = lambda mount_paths: None  # the kernel's caches of these must be dropped
         self._leads: dict[str, tuple[float, bool]] = {}
         self._warned: set[str] = set()
 
@@ -140,30 +144,116 @@ class Namespace:
 
     # -- sessions -----------------------------------------------------------
 
-    def session(self, real: str, identity=None) -> Session:
+    def session(self, real: str, identity=None, mount_path: str | None = None) -> Session:
         """The opened session at a real path; opened once, concurrent callers
-        wait. A different folder or archive put at the same path (another
-        inode or mtime) is a different session and is opened anew."""
+        wait. When its folder or archive changed on disk (another inode or
+        mtime), it is read again: as the next generation if it only grew, as
+        a different session if it was written anew (refresh.grew)."""
         identity = identity or session_identity(real)
         with self._lock:
             s = self._sessions.get(real)
+            if mount_path is not None:
+                self._mount_paths.setdefault(real, set()).add(mount_path)
             if s is not None and s.identity == identity:
                 self._sessions.move_to_end(real)
+                s.last_used = time.monotonic()
                 return s
             gate = self._opening.setdefault(real, threading.Lock())
+        if s is not None:
+            self.refresh(s)
+            with self._lock:
+                s = self._sessions.get(real)
+            if s is not None:           # read again (or kept, when caught half-way through a write)
+                s.last_used = time.monotonic()
+                return s
         with gate:
             with self._lock:
                 s = self._sessions.get(real)
-            if s is None or s.identity != identity:
+            if s is None:
                 s = open_session(real, self._display(real), self._password, self._tile_seconds,
                                  self._readers, self._index, self._inside, identity)
                 log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
-                with self._lock:
-                    self._sessions[real] = s
-                    while len(self._sessions) > self._max_sessions:
-                        old, _ = self._sessions.popitem(last=False)
-                        log.debug("session let go (least recently used): %s", self._display(old))
+                self._store(real, s)
+            s.last_used = time.monotonic()
             return s
+
+    def _store(self, real: str, s: Session) -> None:
+        with self._lock:
+            self._sessions[real] = s
+            self._sessions.move_to_end(real)
+            while len(self._sessions) > self._max_sessions:
+                old, _ = self._sessions.popitem(last=False)
+                log.debug("session let go (least recently used): %s", self._display(old))
+
+    def refresh(self, old: Session, signature: dict | None = None) -> list[str]:
+        """Read a session again because its files changed; returns the mount paths
+        whose kernel caches must be dropped. A session that only grew keeps its
+        tiles where nothing changed; one written anew is a new session (a new
+        epoch: no tile, index or reader of the old one is used again)."""
+        real = old.path
+        with self._lock:
+            gate = self._opening.setdefault(real, threading.Lock())
+        with gate:
+            with self._lock:
+                if self._sessions.get(real) is not old:
+                    return []               # somebody read it again already
+            try:
+                identity = session_identity(real)
+                signature = signature if signature is not None else take_signature(real)
+            except OSError:                 # gone: the next lookup says ENOENT
+                self.forget(real)
+                paths = self._cached_paths(old)
+                self.on_changed(paths)
+                return paths
+            growth = old.ok and grew(old.signature, signature)
+
+            def read_again(grown: bool) -> Session:
+                return open_session(real, self._display(real), self._password, self._tile_seconds,
+                                    self._readers, self._index, self._inside, identity,
+                                    previous=old if grown else None, signature=signature,
+                                    generation=old.generation + 1, epoch=old.epoch + (0 if grown else 1))
+            new = read_again(growth)
+            if growth and not new.ok:
+                # caught half-way through a write: keep what we have, look again next time
+                log.debug("refresh of %s postponed: %s", old.shown_path, new.error)
+                return []
+            if growth and not _same_grid(old, new):
+                growth = False
+                new = read_again(False)
+            new.last_used = old.last_used
+            old.compatible = growth
+            old.superseded_by = new
+            self._store(real, new)
+            log.info("session %s %s (generation %d)", new.shown_path,
+                     "grew" if growth else "was written anew: a new session", new.generation)
+            paths = self._cached_paths(old)
+            self.on_changed(paths)
+            return paths
+
+    def _cached_paths(self, session: Session) -> list[str]:
+        """Mount paths of every file and folder of a session (what the kernel may cache)."""
+        with self._lock:
+            roots = sorted(self._mount_paths.get(session.path, ()))
+        rels = list(session.files) + [d for d in session.dirs if d]
+        return [root + "/" + rel for root in roots for rel in rels] + [root or "/" for root in roots]
+
+    def sessions_in_use(self, since: float) -> list[Session]:
+        """Sessions with a file open, or looked at since `since` (monotonic)."""
+        with self._lock:
+            return [s for real, s in self._sessions.items()
+                    if self._open_files.get(real) or s.last_used >= since]
+
+    def opened(self, session: Session) -> None:
+        with self._lock:
+            self._open_files[session.path] = self._open_files.get(session.path, 0) + 1
+
+    def closed(self, session: Session) -> None:
+        with self._lock:
+            left = self._open_files.get(session.path, 0) - 1
+            if left > 0:
+                self._open_files[session.path] = left
+            else:
+                self._open_files.pop(session.path, None)
 
     def forget(self, real: str) -> None:
         with self._lock:
@@ -178,7 +268,7 @@ class Namespace:
         if parts == [STATS_FILE]:
             return Node("file", file=self._stats_file)
         if self.single:
-            return self._in_session(self.source, parts)
+            return self._in_session(self.source, parts, "")
         folder = self.source
         for i, name in enumerate(parts):
             real = self._child(folder, name)
@@ -192,13 +282,13 @@ class Namespace:
             except OSError:
                 raise fserror(errno.ENOENT)
             if session_kind(real):
-                return self._in_session(real, parts[i + 1:])
+                return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]))
             if not os.path.isdir(real) or not self._leads_to_session(real):
                 raise fserror(errno.ENOENT)
             folder = real
         return Node("dir", real=folder)
 
-    def _in_session(self, real: str, parts: list[str]) -> Node:
+    def _in_session(self, real: str, parts: list[str], mount_path: str) -> Node:
         try:
             identity = session_identity(real)
         except OSError:                        # removed or renamed while mounted
@@ -206,7 +296,7 @@ class Namespace:
             raise fserror(errno.ENOENT)
         if not parts:
             return Node("sessiondir", real=real, rel="")
-        session = self.session(real, identity)
+        session = self.session(real, identity, mount_path)
         rel = "/".join(parts)
         if rel in session.dirs:
             return Node("sessiondir", real=real, session=session, rel=rel)
@@ -239,3 +329,12 @@ class Namespace:
                 out.append((name, Node("file", real=node.real, session=session, rel=rel,
                                        file=session.files[rel])))
         return out
+
+
+def _same_grid(old: Session, new: Session) -> bool:
+    """Does every file of `old` keep its meaning in `new`: same grid start, and
+    every channel still there at the same rate?"""
+    if old.meta is None or new.meta is None or old.meta.t0 != new.meta.t0:
+        return False
+    rates = {c.name: c.fs for c in new.meta.channels}
+    return all(rates.get(c.name) == c.fs for c in old.meta.channels)

@@ -22,34 +22,73 @@ log = logging.getLogger("mef3fs.session")
 
 @dataclass
 class Session:
-    """What the namespace serves for one session folder."""
+    """What the namespace serves for one session folder, as it was when last read.
+
+    A session that grows while mounted is read again (refresh.py): the new
+    Session has the next `generation` and the old one points to it
+    (`superseded_by`); `compatible` says whether files of the old one keep
+    their byte layout in the new one. A session written anew in place gets
+    a new `epoch`: none of its tiles, indexes or pages is reused."""
     path: str                     # real path we open
     shown_path: str               # the path the user knows (host path under --host-root)
     error: str | None = None
-    identity: tuple = ()          # (device, inode, mtime) of what was opened
+    identity: tuple = ()          # (device, inode, mtime) of the folder or archive when read
+    generation: int = 0
+    epoch: int = 0
+    signature: dict = field(default_factory=dict)   # refresh.signature() when read
+    meta: object = None           # meta.SessionMeta
     files: dict = field(default_factory=dict)    # relative path -> file object
     dirs: dict = field(default_factory=dict)     # relative dir path -> sorted entry names
     listings: dict = field(default_factory=dict)  # relative dir path -> fuselib.Listing, once listed
+    last_used: float = 0.0        # monotonic time of the last lookup inside it
+    superseded_by: "Session | None" = None
+    compatible: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def decode_identity(self) -> tuple:
+        """What decoders check before reading: a later generation opens new readers."""
+        return self.identity + (self.generation,)
+
+    @property
+    def keyspace(self) -> tuple:
+        """What tile and index keys are made of: the same for every generation of an epoch."""
+        return self.identity[:2] + (self.epoch,)
+
+    def newest(self) -> "Session":
+        s = self
+        while s.superseded_by is not None:
+            s = s.superseded_by
+        return s
+
 
 def open_session(path: str, shown_path: str, password: str, tile_seconds: float, readers, index,
-                 inside=lambda real: True, identity: tuple = ()) -> Session:
+                 inside=lambda real: True, identity: tuple = (), previous: Session | None = None,
+                 signature: dict | None = None, generation: int = 0, epoch: int = 0) -> Session:
     """Read a session's metadata and lay out its files. Never raises for a bad session.
 
     `readers` (index.MetaReaders) opens it; `index` (index.IndexCache) will
     load its channels' tiles on first read. `inside(real_path)` says whether
     a file may be exposed: a channel whose segments resolve outside SOURCE
-    (a symbolic link leading out) is left out.
+    (a symbolic link leading out) is left out. `previous` is the session this
+    one replaces when it grew: pieces that did not change keep their tiles.
     """
-    session = Session(path, shown_path, identity=identity)
+    from .refresh import signature as take_signature
+    session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch)
+    try:
+        session.signature = signature if signature is not None else take_signature(path)
+    except OSError:
+        session.signature = {}
     try:
         _check_readable(path)
-        reader = readers.get(path, identity)
-        meta = read_meta(reader, path, shown_path, identity, password, tile_seconds, index, inside)
+        reader = readers.get(path, session.decode_identity)
+        meta = read_meta(reader, path, shown_path, session.keyspace, session.decode_identity, password,
+                         tile_seconds, index, inside,
+                         previous=previous.meta if previous is not None and previous.ok else None)
+        session.meta = meta
         layout = lay_out(meta, reader, readers, index)
         session.files, session.dirs = layout.files, layout.dirs()
         for item in meta.left_out:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .decoders import DecodeSpec
 
-PIECE_SHIFT = 32              # tile id = piece << 32 | tile within the piece
+PIECE_SHIFT = 32              # tile id = piece serial << 32 | tile within the piece
 LOCAL = (1 << PIECE_SHIFT) - 1
 EDGE_MARGIN = 0.45            # samples: keeps a window's sample count round((te - ts) * fs) unchanged
 
@@ -188,22 +188,27 @@ class ChannelTiles:
 
     `load(tiles, piece) -> TileTable` is the index cache (index.py): it may
     drop a table and build it again, and builds the same one, so tile ids
-    stay valid for as long as the session is the same.
+    stay valid for as long as the session is the same. A piece has a serial,
+    and a tile id is serial << 32 | tile: when a growing recording is read
+    again (refresh.py), pieces that did not change keep their serials, so
+    their tiles stay cached, and the piece that grew gets a new one.
     """
 
     __slots__ = ("key", "session_path", "channel", "label", "t0", "fs", "n", "identity",
-                 "target", "starts", "_load")
+                 "target", "starts", "serials", "_piece_of", "_load")
 
     def __init__(self, key: tuple, session_path: str, channel: str, label: str, t0: int, fs: float,
-                 n: int, identity: tuple = (), target: int = 1, starts=None, load=None):
+                 n: int, identity: tuple = (), target: int = 1, starts=None, load=None, serials=None):
         self.key = key                    # unique per opened session and channel
         self.session_path = session_path
         self.channel = channel
         self.label = label                # for log lines: "session/channel"
         self.t0, self.fs, self.n = t0, fs, n
-        self.identity = identity
+        self.identity = identity          # what decoders check the session against
         self.target = target              # samples per tile, about
         self.starts = np.zeros(1, dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
+        self.serials = list(range(len(self.starts))) if serials is None else list(serials)
+        self._piece_of = {serial: p for p, serial in enumerate(self.serials)}
         self._load = load
 
     @classmethod
@@ -230,6 +235,9 @@ class ChannelTiles:
     def table(self, p: int) -> TileTable:
         return self._load(self, p)
 
+    def _table_of(self, i: int) -> TileTable:
+        return self._load(self, self._piece_of[i >> PIECE_SHIFT])
+
     # -- tiles --------------------------------------------------------------
 
     def tiles_for(self, s0: int, s1: int) -> list[int]:
@@ -246,20 +254,20 @@ class ChannelTiles:
             edges = self.table(p).edges
             first = int(np.searchsorted(edges, s0, side="right")) - 1
             last = int(np.searchsorted(edges, s1, side="left"))
-            base = p << PIECE_SHIFT
+            base = self.serials[p] << PIECE_SHIFT
             out.extend(range(base + max(first, 0), base + min(last, len(edges) - 1)))
         return out
 
     def bounds(self, i: int) -> tuple[int, int]:
-        edges = self.table(i >> PIECE_SHIFT).edges
+        edges = self._table_of(i).edges
         j = i & LOCAL
         return int(edges[j]), int(edges[j + 1])
 
     def has_data(self, i: int) -> bool:
-        return bool(self.table(i >> PIECE_SHIFT).has_data[i & LOCAL])
+        return bool(self._table_of(i).has_data[i & LOCAL])
 
     def spec(self, i: int) -> DecodeSpec:
-        table = self.table(i >> PIECE_SHIFT)
+        table = self._table_of(i)
         j = i & LOCAL
         a, b = int(table.edges[j]), int(table.edges[j + 1])
         lo, hi = float(table.lo[j]), float(table.hi[j])

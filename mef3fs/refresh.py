@@ -1,0 +1,125 @@
+"""Recordings that change while mounted: sessions in use are read again when their files change.
+
+MEF 3 is written during acquisition, for days. Every `--refresh` seconds each
+session in use (a file of it open, or its folder looked at lately) has its
+signature taken: the inode, size and time of every file below it, a few
+hundred stat calls and no read. When that changed, the namespace opens the
+session again (namespace.py) and swaps it in; the kernel's cached pages and
+attributes of its files are dropped, so sizes, info.json and NaN samples
+that turned into data are seen, and open handles follow the new session.
+
+A change is *growth* when every data and index file is still the same file
+(inode) and none shrank: appended blocks, new segments, new channels, new
+records. Anything else (a session written again in place, a channel gone)
+makes it a different session: nothing of the old one is served again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+
+log = logging.getLogger("mef3fs.refresh")
+
+DEFAULT_PERIOD = 1.0          # seconds between checks of a session in use
+IN_USE = 30.0                 # seconds after its last lookup that a session still counts as in use
+GROWING = (".tdat", ".tidx")  # files a writer only ever appends to
+MEF_FILES = GROWING + (".tmet", ".rdat", ".ridx")   # writers' temporary files are not looked at
+
+
+def signature(path: str) -> dict:
+    """relative path -> (inode, size, mtime) of every MEF file of a session; OSError if it is gone.
+
+    A `.mefd.tar` is one file. A folder is walked to the depth MEF uses
+    (session / channel.timd / segment.segd)."""
+    st = os.stat(path)
+    if stat.S_ISREG(st.st_mode):
+        return {"": (st.st_ino, st.st_size, st.st_mtime_ns)}
+    out = {}
+    todo = [("", path, 0)]
+    while todo:
+        rel, folder, depth = todo.pop()
+        with os.scandir(folder) as entries:
+            for e in entries:
+                name = f"{rel}/{e.name}" if rel else e.name
+                try:
+                    if e.is_dir():
+                        if depth < 2:
+                            todo.append((name, e.path, depth + 1))
+                        continue
+                    if not e.name.endswith(MEF_FILES):
+                        continue
+                    s = e.stat()
+                except OSError:        # vanished while we looked: the next check sees it
+                    continue
+                out[name] = (s.st_ino, s.st_size, s.st_mtime_ns)
+    return out
+
+
+def grew(old: dict, new: dict) -> bool:
+    """Is `new` the same session as `old` with more written to it? Every data
+    and index file still the same file, none shorter (metadata and record
+    files are rewritten by writers, and may come and go)."""
+    for name, (ino, size, _) in old.items():
+        if name.endswith(GROWING) or name == "":
+            now = new.get(name)
+            if now is None or now[0] != ino or now[1] < size:
+                return False
+    return True
+
+
+class Refresher:
+    """The thread that checks sessions in use, and drops the kernel's caches of what changed.
+
+    `invalidate(mount_path)` is the FUSE layer's: it drops the kernel's
+    cached pages and attributes of one file or folder."""
+
+    def __init__(self, namespace, period: float, invalidate):
+        self._ns = namespace
+        self.period = period              # 0: sessions are not checked (folders changing still are)
+        self.invalidate = invalidate
+        self._stop = threading.Event()
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mef3fs-refresh", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def drop_cached(self, paths) -> None:
+        """Invalidate these mount paths from this thread, never from a FUSE request's
+        (a notification about an inode that request holds would wait for it)."""
+        with self._lock:
+            self._pending.extend(paths)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period or DEFAULT_PERIOD):
+            try:
+                self.check()
+            except Exception:      # never let the thread die: the next period tries again
+                log.exception("refresh failed")
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for session in self._ns.sessions_in_use(now - IN_USE) if self.period else ():
+            try:
+                sig = signature(session.path)
+            except OSError:
+                continue           # gone: the next lookup says ENOENT
+            if sig != session.signature:
+                self._ns.refresh(session, sig)      # which calls drop_cached (on_changed)
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for path in pending:
+            self.invalidate(path)
+        if pending:
+            log.debug("refresh: dropped the kernel's caches of %d files", len(pending))
