@@ -9,14 +9,18 @@ spawned decoder workers re-import the entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import math
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 from . import __version__
-from .hostroot import HOST_ROOT_ENV, HostRoot
+from .hostroot import HOST_ROOT_ENV, HostRoot, resolve as hostroot_resolve
 from .mounts import mount_type_at
 
 log = logging.getLogger("mef3fs")
@@ -49,25 +53,42 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def _number(text: str, kind=float, what: str = "a number") -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
     return value
+
+
+# -o options we pass to libfuse. Anything else is refused before mounting: a
+# typo would otherwise reach libfuse, which fails with lines of its own, and
+# some options (rw, direct_io) would break what the mount promises.
+FUSE_OPTIONS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "nosuid", "nodev",
+    "noexec", "noatime", "fsname", "subtype", "uid", "gid", "umask", "max_read", "attr_timeout",
+    "entry_timeout", "negative_timeout", "max_idle_threads", "max_threads",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine import default_workers
     p = _Parser(prog="mef3fs", description="Mount MEF 3.0 sessions as folders of raw float32 "
                 "channel files (read-only).", epilog="Unmount with: fusermount3 -u MOUNTPOINT")
+    # '--cache-size -5M' is a bad value, not a missing one: values that start
+    # with a minus and a digit are values
+    p._negative_number_matcher = re.compile(r"^-\d")
     p.add_argument("source", metavar="SOURCE", help="a folder holding sessions, or one session "
                    "(NAME.mefd folder or NAME.mefd.tar)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty folder")
@@ -84,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, e.g. allow_other")
     p.add_argument("--decoder", choices=DECODERS, default="mef3io", help="default: mef3io")
+    p.add_argument("--sessions-only", action="store_true",
+                   help="show only sessions and the folders leading to them, not SOURCE's own "
+                   "files (BIDS sidecars, README, ...)")
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--password", help="password for encrypted sessions (visible in ps: "
                     "prefer --password-file)")
@@ -95,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-size", type=parse_size, default=None, metavar="SIZE",
                    help="memory for block indexes, shared by all sessions (default: an eighth of "
                    "--cache-size, at least 16M); the least recently used are dropped and read again")
-    p.add_argument("--cache-ttl", type=_positive_float, default=300.0, metavar="SECONDS",
-                   help="drop tiles idle this long (default 300)")
+    p.add_argument("--cache-ttl", type=_non_negative_float, default=300.0, metavar="SECONDS",
+                   help="drop tiles idle this long (default 300; 0: never)")
     p.add_argument("--refresh", type=_non_negative_float, default=1.0, metavar="SECONDS",
                    help="how often a session in use is checked for new data (default 1; 0: never)")
     p.add_argument("--workers", type=_count, default=default_workers(), metavar="N",
@@ -117,6 +144,9 @@ def fuse_options(items: list[str]) -> dict:
     for item in items:
         for opt in filter(None, (s.strip() for s in item.split(","))):
             key, sep, value = opt.partition("=")
+            if key not in FUSE_OPTIONS:
+                raise UsageError(f"-o {opt}: not a mount option mef3fs passes on "
+                                 f"(it takes: {', '.join(sorted(FUSE_OPTIONS))})")
             out[key] = value if sep else True
     return out
 
@@ -161,14 +191,52 @@ def _check_source(args) -> tuple[str, HostRoot]:
     return real, host
 
 
-def _password(args) -> str:
+def _password(args) -> tuple[str, str]:
+    """The password, and what to say of a session that needs one when it is empty."""
     if args.password_file:
         try:
             with open(args.password_file, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
+                password = f.readline().rstrip("\r\n")
         except OSError as exc:
             raise UsageError(f"--password-file {args.password_file!r}: {exc.strerror}")
-    return args.password or ""
+        if not password:
+            return "", f"the password file given ({args.password_file}) is empty"
+        return password, ""
+    return args.password or "", "no password was given"
+
+
+def _check_apart(source: str, mountpoint: str, host: HostRoot) -> None:
+    """A mount inside what it shows would list itself: the first ls hangs."""
+    src = os.path.realpath(source)
+    seen = {os.path.realpath(mountpoint)}
+    if host.root is not None:          # in a container: where the host's path for it leads
+        with contextlib.suppress(ValueError, OSError):
+            seen.add(os.path.realpath(hostroot_resolve(mountpoint, host.root)))
+    for mp in seen:
+        if mp == src or mp.startswith(src.rstrip("/") + "/"):
+            raise UsageError(f"MOUNTPOINT {mountpoint!r} is inside SOURCE {source!r}: "
+                             "the mount would show itself; choose a folder outside it")
+
+
+def mount_warnings(namespace, args, no_password: str) -> list[str]:
+    """What a user should hear before using the mount (never a reason to refuse it)."""
+    out = []
+    if args.password_file and no_password.startswith("the password file"):
+        out.append(f"--password-file {args.password_file!r} is empty: encrypted sessions will not open")
+    if namespace.single:
+        s = namespace.session(namespace.source)
+        if not s.ok:
+            out.append(f"SOURCE {args.source!r} cannot be opened: {s.error}")
+        elif s.meta.partial:
+            left = [item["name"] for item in s.meta.left_out] + [d["channel"] for d in s.meta.damaged]
+            out.append(f"SOURCE {args.source!r} opens only in part (see its info.json): "
+                       f"{', '.join(dict.fromkeys(left))}")
+    else:
+        with os.scandir(namespace.source) as entries:
+            if next(entries, None) is None:
+                out.append(f"SOURCE {args.source!r} is empty: the mount shows nothing until "
+                           "sessions are added")
+    return out
 
 
 def _setup_logging(args) -> None:
@@ -190,7 +258,9 @@ def main(argv=None) -> int:
             args.foreground = True
         source, host = _check_source(args)
         mountpoint = _check_mountpoint(args.mountpoint)
-        password = _password(args)
+        _check_apart(source, mountpoint, host)
+        password, no_password = _password(args)
+        fuse_options(args.options)
         if args.log_file:
             open(args.log_file, "a").close()
     except UsageError as exc:
@@ -201,13 +271,23 @@ def main(argv=None) -> int:
         return 2
     _setup_logging(args)
     if args.foreground:
-        return run(args, source, host, mountpoint, password, on_ready=None)
+        return run(args, source, host, mountpoint, password, no_password, on_ready=_tell_stderr)
     from .daemon import daemonize
-    return daemonize(lambda ready: run(args, source, host, mountpoint, password, on_ready=ready),
-                     args.log_file)
+    return daemonize(lambda ready: run(args, source, host, mountpoint, password, no_password,
+                                       on_ready=ready), args.log_file)
 
 
-def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_ready) -> int:
+def _tell_stderr(warnings: list[str]) -> None:
+    """Foreground: warnings at mount go to the log, and to the terminal if the log is a file."""
+    to_file = any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
+    for w in warnings:
+        log.warning("%s", w)
+        if to_file:
+            print(f"mef3fs: warning: {w}", file=sys.stderr)
+
+
+def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_password: str,
+        on_ready) -> int:
     """Mount and serve until unmounted or signalled; libfuse owns SIGINT/SIGTERM/SIGHUP."""
     from .fuselib import FUSE, fuse
     from .engine import Engine
@@ -215,21 +295,25 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
     from .index import IndexCache, MetaReaders
     from .namespace import Namespace
     from .refresh import Refresher
+    from .session import Opener
     from .views.files import DynamicFile
 
-    engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl,
+    engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl or math.inf,
                     readahead=args.readahead > 0)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
     readers = MetaReaders(password)
     budget = args.index_size if args.index_size is not None else index_budget(args.cache_size)
     index = IndexCache(readers, budget, engine.stats,
                        on_first_load=engine.session_first_read)
-    namespace = Namespace(source, host.display, password, args.tile_seconds, stats_file, readers, index)
+    scratch = tempfile.mkdtemp(prefix="mef3fs-views-")    # readable views (readable.py)
+    opener = Opener(password, args.tile_seconds, readers, index, no_password=no_password, scratch=scratch)
+    namespace = Namespace(source, host.display, opener, stats_file, sessions_only=args.sessions_only)
     engine.reporters += [index.snapshot, lambda: {"sessions_open": namespace.sessions_open}]
     ops_class = DebugOperations if args.debug else Mef3fsOperations
     refresher = Refresher(namespace, args.refresh, None)
     namespace.on_changed = refresher.drop_cached
-    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher)
+    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher,
+                    startup=lambda: mount_warnings(namespace, args, no_password))
     refresher.invalidate = ops.kernel.invalidate
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
@@ -246,4 +330,6 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, on_re
         if not ops.mounted:
             log.error("mounting %s at %s failed (libfuse: %s)", args.source, mountpoint, exc)
             return 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0 if ops.mounted else 1

@@ -21,7 +21,11 @@ def daemonize(serve, log_file: str | None) -> int:
     if pid > 0:
         os.close(w)
         with os.fdopen(r, "rb") as pipe:
-            message = pipe.read().decode("utf-8", "replace").strip()
+            lines = pipe.read().decode("utf-8", "replace").strip().splitlines()
+        for line in lines:
+            if line.startswith("warning: "):
+                print(f"mef3fs: {line}", file=sys.stderr)
+        message = "\n".join(line for line in lines if not line.startswith("warning: "))
         if message == "ready":
             return 0
         os.waitpid(pid, 0)
@@ -36,8 +40,12 @@ def daemonize(serve, log_file: str | None) -> int:
     os.dup2(null, 0)
     state = {"ready": False}
 
-    def ready() -> None:
-        os.write(w, b"ready\n")
+    def ready(warnings=()) -> None:
+        # the caller prints the warnings on its terminal; a log file gets them too
+        if log_file:
+            for line in warnings:
+                log.warning("%s", line)
+        os.write(w, "".join(f"warning: {line}\n" for line in warnings).encode() + b"ready\n")
         os.close(w)
         state["ready"] = True
         for stream in (sys.stdout, sys.stderr):

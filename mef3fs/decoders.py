@@ -33,7 +33,13 @@ MAX_ATTEMPTS = 3               # a tile whose worker died is decoded again, this
 
 
 class DecodeError(Exception):
-    """A window that cannot be decoded (damaged block, locked data): EIO for the reader."""
+    """A window that cannot be decoded (damaged block, locked data): EIO for the reader.
+
+    `channel` and `span` (uUTC start, end), when set, say where: the session
+    lists the range as damaged in info.json."""
+    channel: str | None = None
+    span: tuple | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,15 +127,36 @@ class Mef3ioDecoder:
         import mef3io
         import warnings
         self._mef3io = mef3io
+        self._password = password
         warnings.filterwarnings("ignore", module="mef3io")
-        self._readers = _ReaderCache(
-            lambda path: mef3io.Reader(path, password=password, n_threads=1, strict=True))
+        self._readers = _ReaderCache(self._open)
+
+    def _open(self, path: str, strict: bool = True):
+        """A strict reader, which raises where it cannot read. A session with a
+        broken or locked channel does not open strictly: then a lenient one,
+        whose problems say what it skipped (see read)."""
+        try:
+            return self._mef3io.Reader(path, password=self._password, n_threads=1, strict=strict)
+        except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.PasswordError,
+                self._mef3io.IoError, OSError):
+            if not strict:
+                raise
+            reader = self._open(path, strict=False)
+            if not reader.problems:
+                raise
+            return reader
 
     def open(self, path: str, identity: tuple = ()) -> None:
         self._readers.get(path, identity)
 
     def read(self, spec: DecodeSpec) -> np.ndarray:
         reader = self._readers.get(spec.session_path, spec.identity)
+        lenient = bool(reader.problems)     # a strict reader never has any
+        if lenient and any(p["channel"] == spec.channel for p in reader.problems):
+            # A lenient reader skips a segment for good once it failed and reads NaN
+            # there: this channel failed before, so a reader that has not failed yet.
+            reader = self._open(spec.session_path, strict=False)
+        before = len(reader.problems)
         try:
             arr = reader.read(spec.channel, spec.ts, spec.te, dtype="float32")
         except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.IoError,
@@ -137,6 +164,10 @@ class Mef3ioDecoder:
             raise DecodeError(f"{type(exc).__name__}: {exc}") from None
         except OSError as exc:
             raise DecodeError(f"OSError: {exc}") from None
+        if lenient:
+            failed = [p for p in reader.problems[before:] if p["channel"] == spec.channel]
+            if failed:                      # a lenient reader returns NaN where a strict one raises
+                raise DecodeError(f"{failed[0]['reason']}")
         return _fit(arr, spec.n)
 
     def close(self) -> None:

@@ -71,14 +71,17 @@ def _erofs(*_args, **_kwargs):
 class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
-    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None):
+    def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None,
+                 startup=lambda: []):
         self.ns = namespace
         self.engine = engine
         self.readahead_bytes = readahead_bytes
-        self.on_ready = on_ready
+        self.on_ready = on_ready        # on_ready(warnings): the mount is up (daemon.py tells the caller)
+        self.startup = startup          # () -> warnings for the user, checked before on_ready
         self.refresher = refresher      # refresh.Refresher: started in init, after any fork
         self.kernel = KernelCache()
         self._served: dict[str, tuple] = {}   # path -> the session generation its pages came from
+        self._said: set[str] = set()           # read failures already logged
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict = {}      # open folder -> its node, then its Listing once listed
         self._fh = itertools.count(1)
@@ -105,8 +108,12 @@ class Mef3fsOperations(fuse.Operations):
             # folder: the later ones would otherwise cost a lookup per entry
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self.kernel.bind()
+        warnings = self.startup()
         if self.on_ready:
-            self.on_ready()
+            self.on_ready(warnings)
+        else:
+            for w in warnings:
+                log.warning("%s", w)
         self.engine.start()
         if self.refresher is not None:
             if not self.kernel.works:
@@ -216,7 +223,13 @@ class Mef3fsOperations(fuse.Operations):
         if node.kind != "file":
             raise fuse.FuseOSError(errno.EISDIR)
         file = node.file
-        if isinstance(file, (DynamicFile, GeneratedFile)):
+        if hasattr(file, "opened"):                 # SOURCE's own file: a descriptor per handle
+            try:
+                file = file.opened()
+            except OSError as exc:
+                raise fuse.FuseOSError(exc.errno or errno.EIO)
+            fi.direct_io = 0
+        elif isinstance(file, (DynamicFile, GeneratedFile)):
             try:
                 file = file.snapshot()
             except DecodeError as exc:
@@ -226,7 +239,8 @@ class Mef3fsOperations(fuse.Operations):
         else:
             # The kernel keeps a file's pages from open to open, unless told not to:
             # not when they may come from another generation of its session.
-            served = (node.session.keyspace, node.session.generation) if node.session else ()
+            # (the file itself too: info.json is made again when damage is found)
+            served = (node.session.keyspace, node.session.generation, id(file)) if node.session else ()
             fi.keep_cache = int(self._served.get(path, served) == served)
             self._served[path] = served
         fh = next(self._fh)
@@ -269,13 +283,26 @@ class Mef3fsOperations(fuse.Operations):
         try:
             n = file.read_into(self.engine.cache, offset, dest)
         except DecodeError as exc:
-            log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + len(dest), exc)
+            self._failed(path, offset, len(dest), exc, handle.session)
             raise fuse.FuseOSError(errno.EIO)
         log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)
         return n
+
+    def _failed(self, path, offset, size, exc: DecodeError, session) -> None:
+        """One log line per damaged range, not per read: the kernel asks for a
+        failing page again and again (readahead, then page by page, per open)."""
+        text = str(exc)
+        if text in self._said or (session is not None and session.knows_damage(exc.channel, exc.span)):
+            log.debug("EIO reading %s bytes [%d, %d): %s", path, offset, offset + size, text)
+            return
+        self._said.add(text)
+        log.error("EIO reading %s bytes [%d, %d): %s", path, offset, offset + size, text)
+        if session is not None and exc.channel is not None:
+            session.report_damage({"channel": exc.channel, "start_uutc": exc.span[0],
+                                   "end_uutc": exc.span[1], "reason": exc.reason}, quiet=True)
 
     def read(self, path, size, offset, fi):
         """mfusepy registers FUSE's read callback only for operations that
@@ -290,6 +317,8 @@ class Mef3fsOperations(fuse.Operations):
                 handle.readahead.close()
             if handle.session is not None:
                 self.ns.closed(handle.session)
+            if hasattr(handle.file, "close"):
+                handle.file.close()
         return 0
 
     # -- everything that would change something ----------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
+import struct
 import threading
 import warnings
 
@@ -35,9 +37,10 @@ class MetaReaders:
         self._mef3io = mef3io
 
         def open_reader(path):
+            # lenient: a broken or locked channel is left out (and said so), not the session
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return mef3io.Reader(path, password=password)
+                return mef3io.Reader(path, password=password, strict=False)
         self._readers = _ReaderCache(open_reader, max_open)
 
     def get(self, path: str, identity: tuple = ()):
@@ -51,6 +54,58 @@ def read_blocks(reader, channel: str, ts: float, te: float) -> tuple[np.ndarray,
     """(start uUTC, end uUTC) of every block overlapping [ts, te), from the index alone."""
     env = reader.block_envelope(channel, int(math.floor(ts)), int(math.ceil(te)))
     return np.asarray(env["start_uutc"], dtype=np.int64), np.asarray(env["end_uutc"], dtype=np.int64)
+
+
+INDEX_HEADER = 1024             # a .tidx: the universal header, then one 56-byte entry per block
+INDEX_ENTRY = 56
+
+
+def first_lost_block(segment_folder: str) -> int | None:
+    """The first block whose bytes lie past the end of its segment's .tdat (a file
+    cut short), or None. Reads the last index entry, and a few more to find it."""
+    stem = os.path.join(segment_folder, os.path.basename(segment_folder)[:-len(".segd")])
+    try:
+        data_size = os.stat(stem + ".tdat").st_size
+        fd = os.open(stem + ".tidx", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        blocks = (os.fstat(fd).st_size - INDEX_HEADER) // INDEX_ENTRY
+
+        def ends_past(k: int) -> bool:
+            entry = os.pread(fd, 32, INDEX_HEADER + k * INDEX_ENTRY)
+            offset, _, _, _, nbytes = struct.unpack("<qqqII", entry)
+            return offset + nbytes > data_size
+        if blocks <= 0 or not ends_past(blocks - 1):
+            return None
+        lo, hi = 0, blocks - 1            # the first k that ends past the end
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ends_past(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+    finally:
+        os.close(fd)
+
+
+def lost_ranges(reader, tiles: ChannelTiles, ts: float, te: float, starts: np.ndarray) -> list[dict]:
+    """uUTC ranges of the segments overlapping [ts, te) that a cut-short .tdat lost."""
+    out = []
+    for seg in reader.segments(tiles.channel):
+        s0, s1 = int(seg["start_time"]), int(seg["end_time"])
+        if s1 <= ts or s0 >= te or not seg.get("path") or not os.path.isdir(seg["path"]):
+            continue
+        k = first_lost_block(seg["path"])
+        if k is None:
+            continue
+        mine = starts[(starts >= s0) & (starts < s1)]
+        start = int(mine[k]) if k < len(mine) else s0
+        out.append({"channel": tiles.channel, "segment": int(seg["segment"]), "start_uutc": start,
+                    "end_uutc": s1, "reason": "the segment's .tdat file ends early: its blocks "
+                    "from here on are missing (a file cut short)"})
+    return out
 
 
 def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.ndarray) -> TileTable:
@@ -123,6 +178,9 @@ class IndexCache:
             raise DecodeError(f"{tiles.label}: block index of uUTC {ts:.0f}-{te:.0f} cannot be read: "
                               f"{type(exc).__name__}: {exc}") from None
         table = build_table(tiles, piece, starts, ends)
+        if tiles.report is not None:
+            for damage in lost_ranges(reader, tiles, ts, te, starts):
+                tiles.report(damage)
         self._stats.add("indexes_loaded")
         log.debug("index loaded %s piece %d [%d, %d): %d blocks, %d tiles, %d bytes", tiles.label,
                   piece, a, b, table.blocks, len(table.has_data), table.nbytes)

@@ -87,6 +87,19 @@ class GridMeta:
         return [c.tiles for c in self.channels]
 
 
+class SessionLocked(Exception):
+    """Every channel of the session is encrypted with a password we do not have."""
+
+
+def _why(problems: list, password: str, no_password: str) -> str:
+    """Why a channel cannot be read, in words that fit this mount."""
+    reasons = [p["reason"] for p in problems] or ["mef3io lists no segment of it"]
+    if any("password" in r for r in reasons):
+        return ("it is encrypted with a password other than the one given" if password
+                else f"it is encrypted and {no_password}")
+    return "; ".join(dict.fromkeys(reasons))
+
+
 @dataclass
 class SessionMeta:
     path: str                 # real path we open
@@ -98,7 +111,12 @@ class SessionMeta:
     first: dict               # info() of the first channel: session-wide fields
     channels: list
     grids: list
-    left_out: list            # [{"name", "reason"}]
+    left_out: list            # channels not shown: [{"name", "reason"}]
+    damaged: list = field(default_factory=list)   # segments of shown channels that cannot be read
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.left_out or self.damaged)
 
 
 def _outside(session_path: str, segments, inside) -> bool:
@@ -141,17 +159,39 @@ def _serials(old: ChannelTiles | None, old_segments, starts, n: int, segments) -
 
 
 def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tuple, password: str,
-              tile_seconds: float, index, inside=lambda real: True, previous=None) -> SessionMeta:
+              tile_seconds: float, index, inside=lambda real: True, previous=None,
+              no_password: str = "no password was given", report=None, open_path: str | None = None,
+              denied=()) -> SessionMeta:
     """Metadata of an opened mef3io reader; `index` loads tile tables later (IndexCache).
 
     `keyspace` names the tiles (the same for every generation of a growing
     session), `identity` is what decoders check; `previous` is the metadata
-    of the session this one replaces, whose unchanged pieces are kept."""
+    of the session this one replaces, whose unchanged pieces are kept.
+    `open_path` is what decoders open (a readable view, readable.py, when
+    some channel folders cannot be read: `denied` names them)."""
+    open_path = open_path or path
+    # the reader is lenient: what it could not open is in its problems, not an exception
+    problems: dict = {}
+    for p in reader.problems:
+        if p.get("kind", "segment") == "segment":
+            problems.setdefault(p["channel"], []).append(p)
     segments = {n: reader.segments(n) for n in reader.channels}
-    names = [n for n in reader.channels if not _outside(path, segments[n], inside)]
-    left_out = [{"name": n, "reason": "leads outside SOURCE (symbolic link)"}
-                for n in sorted(set(reader.channels) - set(names))]
+    unreadable = [n for n in reader.channels if not segments[n]]
+    outside = [n for n in reader.channels if segments[n] and _outside(open_path, segments[n], inside)]
+    names = [n for n in reader.channels if n not in unreadable and n not in outside]
+    left_out = [{"name": n, "reason": "it leads outside SOURCE (symbolic link)"} for n in sorted(outside)]
+    left_out += [{"name": n, "reason": _why(problems.get(n, []), password, no_password)} for n in unreadable]
+    left_out += list(denied)
+    damaged = [{"channel": n, "segment": p["segment_number"], "reason": p["reason"]}
+               for n in names for p in problems.get(n, [])]
+    if previous is not None:          # found while reading an earlier generation: still true
+        damaged += [d for d in previous.damaged if "start_uutc" in d and d["channel"] in names]
     if not names:
+        if unreadable and all("password" in p["reason"] for ps in problems.values() for p in ps):
+            raise SessionLocked("every channel is encrypted and cannot be opened")
+        if left_out:
+            raise ValueError("no channel can be read: " + "; ".join(
+                f"{item['name']}: {item['reason']}" for item in left_out))
         raise ValueError("no channel with samples in this session")
     infos = {name: reader.info(name) for name in names}
     t0 = min(int(i["start_time"]) for i in infos.values())
@@ -170,11 +210,12 @@ def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tup
         old = before.get(name)
         serials = _serials(old.tiles, old.segments, starts, n, segments[name]) \
             if old is not None and old.fs == fs else None
-        tiles = ChannelTiles((path, keyspace, name), path, name, f"{shown_path}/{name}", t0, fs, n,
+        tiles = ChannelTiles((path, keyspace, name), open_path, name, f"{shown_path}/{name}", t0, fs, n,
                              identity, target=max(1, round(tile_seconds * fs)), starts=starts,
                              load=index, serials=serials)
+        tiles.report = report
         channel = ChannelMeta(name, stems[name], fs, n, info, segments[name], tiles)
         channels.append(channel)
         grids.setdefault(fs, GridMeta(fs, n, t0)).channels.append(channel)
     return SessionMeta(path, shown_path, identity, level, t0, t_end, first, channels,
-                       list(grids.values()), left_out)
+                       list(grids.values()), left_out, damaged)

@@ -1,7 +1,9 @@
 """The namespace: which FUSE path is which folder, session or file.
 
-SOURCE's folders are mirrored, but only those that lead to a session
-(a `*.mefd` folder or a `*.mefd.tar` archive). The tree is read live, so a
+SOURCE's folders and regular files are mirrored, and every session in them
+(a `*.mefd` folder or a `*.mefd.tar` archive) is a folder of decoded files;
+with `sessions_only`, only the folders that lead to a session are shown,
+and no file of SOURCE's own. The tree is read live, so a
 session added while mounted appears; sessions are opened on first use, so
 mounting a thousand costs nothing, and the least recently used are let go
 beyond MAX_SESSIONS, so walking an archive larger than memory works (an open
@@ -19,8 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .passthrough import PassthroughFile
 from .refresh import grew, signature as take_signature
-from .session import Session, open_session
+from .session import Opener, Session, session_identity
 
 log = logging.getLogger("mef3fs.namespace")
 
@@ -40,12 +43,6 @@ def session_kind(path: str) -> bool:
     return False
 
 
-def session_identity(real: str) -> tuple:
-    """What tells a session from another one later put at the same path."""
-    st = os.stat(real)
-    return st.st_dev, st.st_ino, st.st_mtime_ns
-
-
 def fserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -60,16 +57,15 @@ class Node:
 
 
 class Namespace:
-    def __init__(self, source: str, display, password: str, tile_seconds: float, stats_file,
-                 readers, index, max_sessions: int = MAX_SESSIONS):
+    def __init__(self, source: str, display, opener: Opener, stats_file, max_sessions: int = MAX_SESSIONS,
+                 sessions_only: bool = False):
         self.source = os.path.realpath(source)
+        self.sessions_only = sessions_only
         self.single = session_kind(self.source)     # SOURCE is itself one session
         self._display = display
-        self._password = password
-        self._tile_seconds = tile_seconds
+        self._opener = opener
+        opener.inside = self._inside                # nothing resolving outside SOURCE is shown
         self._stats_file = stats_file
-        self._readers = readers                     # index.MetaReaders
-        self._index = index                         # index.IndexCache
         self._max_sessions = max_sessions
         self._lock = threading.Lock()
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
@@ -136,11 +132,17 @@ class Namespace:
         shown = []
         for name in names:
             real = self._child(folder, name)
-            if real is None:
-                continue
-            if session_kind(real) or (os.path.isdir(real) and self._leads_to_session(real)):
+            if real is not None and self._shown(real):
                 shown.append((name, real))
         return shown
+
+    def _shown(self, real: str) -> bool:
+        """Is this entry of a SOURCE folder (resolved inside SOURCE) shown?"""
+        if session_kind(real):
+            return True
+        if self.sessions_only:
+            return os.path.isdir(real) and self._leads_to_session(real)
+        return os.path.isdir(real) or os.path.isfile(real)
 
     # -- sessions -----------------------------------------------------------
 
@@ -170,14 +172,14 @@ class Namespace:
             with self._lock:
                 s = self._sessions.get(real)
             if s is None:
-                s = open_session(real, self._display(real), self._password, self._tile_seconds,
-                                 self._readers, self._index, self._inside, identity)
+                s = self._opener.open(real, self._display(real), identity)
                 log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
                 self._store(real, s)
             s.last_used = time.monotonic()
             return s
 
     def _store(self, real: str, s: Session) -> None:
+        s.on_files_changed = lambda rels: self.on_changed(self._paths(real, rels))
         with self._lock:
             self._sessions[real] = s
             self._sessions.move_to_end(real)
@@ -208,10 +210,9 @@ class Namespace:
             growth = old.ok and grew(old.signature, signature)
 
             def read_again(grown: bool) -> Session:
-                return open_session(real, self._display(real), self._password, self._tile_seconds,
-                                    self._readers, self._index, self._inside, identity,
-                                    previous=old if grown else None, signature=signature,
-                                    generation=old.generation + 1, epoch=old.epoch + (0 if grown else 1))
+                return self._opener.open(real, self._display(real), identity,
+                                         previous=old if grown else None, signature=signature,
+                                         generation=old.generation + 1, epoch=old.epoch + (0 if grown else 1))
             new = read_again(growth)
             if growth and not new.ok:
                 # caught half-way through a write: keep what we have, look again next time
@@ -230,12 +231,18 @@ class Namespace:
             self.on_changed(paths)
             return paths
 
+    def _paths(self, real: str, rels) -> list[str]:
+        """Mount paths of these files of the session at a real path."""
+        with self._lock:
+            roots = sorted(self._mount_paths.get(real, ()))
+        return [root + "/" + rel for root in roots for rel in rels]
+
     def _cached_paths(self, session: Session) -> list[str]:
         """Mount paths of every file and folder of a session (what the kernel may cache)."""
+        rels = list(session.files) + [d for d in session.dirs if d]
         with self._lock:
             roots = sorted(self._mount_paths.get(session.path, ()))
-        rels = list(session.files) + [d for d in session.dirs if d]
-        return [root + "/" + rel for root in roots for rel in rels] + [root or "/" for root in roots]
+        return self._paths(session.path, rels) + [root or "/" for root in roots]
 
     def sessions_in_use(self, since: float) -> list[Session]:
         """Sessions with a file open, or looked at since `since` (monotonic)."""
@@ -283,8 +290,12 @@ class Namespace:
                 raise fserror(errno.ENOENT)
             if session_kind(real):
                 return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]))
-            if not os.path.isdir(real) or not self._leads_to_session(real):
+            if not self._shown(real):
                 raise fserror(errno.ENOENT)
+            if not os.path.isdir(real):            # one of SOURCE's own files
+                if i + 1 < len(parts):
+                    raise fserror(errno.ENOTDIR)
+                return Node("file", real=real, file=PassthroughFile(real, self._display(real)))
             folder = real
         return Node("dir", real=folder)
 
@@ -313,7 +324,12 @@ class Namespace:
             if node.real == self.source:
                 out.append((STATS_FILE, Node("file", file=self._stats_file)))
             for name, real in self._visible_entries(node.real):
-                out.append((name, Node("sessiondir" if session_kind(real) else "dir", real=real)))
+                if session_kind(real):
+                    out.append((name, Node("sessiondir", real=real)))
+                elif os.path.isdir(real):
+                    out.append((name, Node("dir", real=real)))
+                else:
+                    out.append((name, Node("file", real=real, file=PassthroughFile(real, self._display(real)))))
             return out
         if node.kind != "sessiondir":
             raise fserror(errno.ENOTDIR)

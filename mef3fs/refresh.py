@@ -42,20 +42,23 @@ def signature(path: str) -> dict:
     todo = [("", path, 0)]
     while todo:
         rel, folder, depth = todo.pop()
-        with os.scandir(folder) as entries:
-            for e in entries:
-                name = f"{rel}/{e.name}" if rel else e.name
-                try:
-                    if e.is_dir():
-                        if depth < 2:
-                            todo.append((name, e.path, depth + 1))
-                        continue
-                    if not e.name.endswith(MEF_FILES):
-                        continue
-                    s = e.stat()
-                except OSError:        # vanished while we looked: the next check sees it
+        try:
+            entries = list(os.scandir(folder))
+        except PermissionError:          # a channel folder we may not read: left out, not looked at
+            continue
+        for e in entries:
+            name = f"{rel}/{e.name}" if rel else e.name
+            try:
+                if e.is_dir():
+                    if depth < 2:
+                        todo.append((name, e.path, depth + 1))
                     continue
-                out[name] = (s.st_ino, s.st_size, s.st_mtime_ns)
+                if not e.name.endswith(MEF_FILES):
+                    continue
+                s = e.stat()
+            except OSError:            # vanished while we looked: the next check sees it
+                continue
+            out[name] = (s.st_ino, s.st_size, s.st_mtime_ns)
     return out
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 
 from . import __version__
 from .jsontext import json_bytes
 from .meta import read_meta
-from .views import lay_out
+from .readable import is_permission_problem, readable_view
+from .views import info as info_view, lay_out
 from .views.files import StaticFile
 
 log = logging.getLogger("mef3fs.session")
@@ -43,6 +45,9 @@ class Session:
     last_used: float = 0.0        # monotonic time of the last lookup inside it
     superseded_by: "Session | None" = None
     compatible: bool = False
+    info_doc: dict = field(default_factory=dict)     # what info.json says
+    on_files_changed: object = lambda rels: None    # the namespace drops the kernel's caches of these
+    _lock: object = field(default_factory=threading.Lock, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -51,12 +56,35 @@ class Session:
     @property
     def decode_identity(self) -> tuple:
         """What decoders check before reading: a later generation opens new readers."""
-        return self.identity + (self.generation,)
+        return self.identity + (self.generation,) if self.identity else ()
 
     @property
     def keyspace(self) -> tuple:
         """What tile and index keys are made of: the same for every generation of an epoch."""
         return self.identity[:2] + (self.epoch,)
+
+    def report_damage(self, damage: dict, quiet: bool = False) -> None:
+        """A range found unreadable while reading (a .tdat cut short, a damaged
+        block): info.json says it from now on, and one log line (unless the
+        caller said it already)."""
+        with self._lock:
+            if self.meta is None or damage in self.meta.damaged:
+                return
+            self.meta.damaged.append(damage)
+            self.files["info.json"] = info_view.remade(self.info_doc, self.meta)
+            self.listings.clear()
+        if not quiet:
+            log.warning("session %s: channel %s uUTC %s-%s cannot be read (EIO): %s", self.shown_path,
+                        damage["channel"], damage.get("start_uutc"), damage.get("end_uutc"),
+                        damage["reason"])
+        self.on_files_changed(["info.json"])
+
+    def knows_damage(self, channel, span) -> bool:
+        """Was a range overlapping this one already found unreadable (and said)?"""
+        if self.meta is None or channel is None or span is None:
+            return False
+        return any(d["channel"] == channel and "start_uutc" in d
+                   and d["start_uutc"] < span[1] and span[0] < d["end_uutc"] for d in self.meta.damaged)
 
     def newest(self) -> "Session":
         s = self
@@ -65,40 +93,62 @@ class Session:
         return s
 
 
-def open_session(path: str, shown_path: str, password: str, tile_seconds: float, readers, index,
-                 inside=lambda real: True, identity: tuple = (), previous: Session | None = None,
-                 signature: dict | None = None, generation: int = 0, epoch: int = 0) -> Session:
-    """Read a session's metadata and lay out its files. Never raises for a bad session.
+@dataclass
+class Opener:
+    """How every session of the mount is opened: the settings they share."""
+    password: str
+    tile_seconds: float
+    readers: object               # index.MetaReaders: opens them (metadata only)
+    index: object                 # index.IndexCache: loads their tiles on first read
+    inside: object = lambda real: True    # may a file at this real path be shown?
+    no_password: str = "no password was given"   # what to say when a session needs one
+    scratch: str | None = None    # where readable views of partly unreadable sessions go (readable.py)
 
-    `readers` (index.MetaReaders) opens it; `index` (index.IndexCache) will
-    load its channels' tiles on first read. `inside(real_path)` says whether
-    a file may be exposed: a channel whose segments resolve outside SOURCE
-    (a symbolic link leading out) is left out. `previous` is the session this
-    one replaces when it grew: pieces that did not change keep their tiles.
-    """
-    from .refresh import signature as take_signature
-    session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch)
-    try:
-        session.signature = signature if signature is not None else take_signature(path)
-    except OSError:
-        session.signature = {}
-    try:
-        _check_readable(path)
-        reader = readers.get(path, session.decode_identity)
-        meta = read_meta(reader, path, shown_path, session.keyspace, session.decode_identity, password,
-                         tile_seconds, index, inside,
-                         previous=previous.meta if previous is not None and previous.ok else None)
-        session.meta = meta
-        layout = lay_out(meta, reader, readers, index)
-        session.files, session.dirs = layout.files, layout.dirs()
-        for item in meta.left_out:
-            log.warning("session %s: channel %s %s; not shown", shown_path, item["name"], item["reason"])
-    except Exception as exc:  # damaged metadata, wrong password, not MEF at all
-        session.error = _explain(exc, password)
-        session.files = {"info.json": StaticFile(json_bytes(_error_info(session)), f"{shown_path}/info.json")}
-        session.dirs = {"": ["info.json"]}
-        log.warning("session %s cannot be opened: %s", shown_path, session.error)
-    return session
+    def open(self, path: str, shown_path: str, identity: tuple = (), previous: Session | None = None,
+             signature: dict | None = None, generation: int = 0, epoch: int = 0) -> Session:
+        """Read a session's metadata and lay out its files. Never raises for a bad session.
+
+        A channel whose segments resolve outside SOURCE (a symbolic link
+        leading out) or that cannot be read is left out and info.json says
+        why. `previous` is the session this one replaces when it grew:
+        pieces that did not change keep their tiles.
+        """
+        from .refresh import signature as take_signature
+        session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch)
+        try:
+            session.signature = signature if signature is not None else take_signature(path)
+        except OSError:
+            session.signature = {}
+        try:
+            _check_readable(path)
+            open_path, decode_identity, denied = path, session.decode_identity, []
+            try:
+                reader = self.readers.get(path, decode_identity)
+            except Exception as exc:
+                if self.scratch is None or not os.path.isdir(path) or not is_permission_problem(exc):
+                    raise
+                open_path, denied = readable_view(path, self.scratch)
+                decode_identity = session_identity(open_path) + (generation,)
+                reader = self.readers.get(open_path, decode_identity)
+            meta = read_meta(reader, path, shown_path, session.keyspace, decode_identity,
+                             self.password, self.tile_seconds, self.index, self.inside,
+                             previous=previous.meta if previous is not None and previous.ok else None,
+                             no_password=self.no_password, report=session.report_damage,
+                             open_path=open_path, denied=denied)
+            session.meta = meta
+            layout = lay_out(meta, reader, self.readers, self.index)
+            session.files, session.dirs, session.info_doc = layout.files, layout.dirs(), layout.info_doc
+            for item in meta.left_out:
+                log.warning("session %s: channel %s not shown: %s", shown_path, item["name"], item["reason"])
+            for item in meta.damaged:
+                log.warning("session %s: channel %s segment %s cannot be read: %s", shown_path,
+                            item["channel"], item["segment"], item["reason"])
+        except Exception as exc:  # damaged metadata, wrong password, not MEF at all
+            session.error = _explain(exc, self.password, self.no_password)
+            session.files = {"info.json": StaticFile(json_bytes(_error_info(session)), f"{shown_path}/info.json")}
+            session.dirs = {"": ["info.json"]}
+            log.warning("session %s cannot be opened: %s", shown_path, session.error)
+        return session
 
 
 def _check_readable(path: str) -> None:
@@ -114,10 +164,10 @@ def _check_readable(path: str) -> None:
         raise ValueError("the session's path is not valid UTF-8, which mef3io cannot open") from None
 
 
-def _explain(exc: Exception, password: str) -> str:
+def _explain(exc: Exception, password: str, no_password: str) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    if type(exc).__name__ == "PasswordError":
-        hint = "no password was given" if not password else "the password given does not open it"
+    if type(exc).__name__ in ("PasswordError", "SessionLocked"):
+        hint = no_password if not password else "the password given does not open it"
         return f"encrypted session: {hint} (use --password or --password-file). {text}"
     return text
 
@@ -125,3 +175,9 @@ def _explain(exc: Exception, password: str) -> str:
 def _error_info(session: Session) -> dict:
     return {"mef3fs_version": __version__, "session": session.shown_path,
             "status": "error", "error": session.error, "channels": [], "files": ["info.json"]}
+
+
+def session_identity(real: str) -> tuple:
+    """What tells a session from another one later put at the same path."""
+    st = os.stat(real)
+    return st.st_dev, st.st_ino, st.st_mtime_ns

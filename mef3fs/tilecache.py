@@ -126,8 +126,10 @@ class TileCache:
             return self.get(tiles, i)
         except DecodeError as exc:
             a, b = tiles.bounds(i)
-            raise DecodeError(f"{tiles.label} uUTC {grid_time(tiles.t0, tiles.fs, a):.0f}-"
-                              f"{grid_time(tiles.t0, tiles.fs, b):.0f}: {exc}") from None
+            ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
+            err = DecodeError(f"{tiles.label} uUTC {ts:.0f}-{te:.0f}: {exc}")
+            err.channel, err.span, err.reason = tiles.channel, (round(ts), round(te)), str(exc)
+            raise err from None
 
     def _start(self, tiles: ChannelTiles, i: int, key, background: bool):
         """Register a decode (lock held); returns the flight and its future (the

@@ -195,7 +195,7 @@ class ChannelTiles:
     """
 
     __slots__ = ("key", "session_path", "channel", "label", "t0", "fs", "n", "identity",
-                 "target", "starts", "serials", "_piece_of", "_load")
+                 "target", "starts", "serials", "_piece_of", "_load", "report")
 
     def __init__(self, key: tuple, session_path: str, channel: str, label: str, t0: int, fs: float,
                  n: int, identity: tuple = (), target: int = 1, starts=None, load=None, serials=None):
@@ -210,6 +210,7 @@ class ChannelTiles:
         self.serials = list(range(len(self.starts))) if serials is None else list(serials)
         self._piece_of = {serial: p for p, serial in enumerate(self.serials)}
         self._load = load
+        self.report = None                # report(damage dict): a range found unreadable
 
     @classmethod
     def fixed(cls, key, session_path, channel, label, t0, fs, n, edges, has_data, lo=None, hi=None,

@@ -395,6 +395,34 @@ def module_mount_fs(tmp_path_factory):
         pytest.fail("unmount at teardown failed:\n" + "\n".join(errors), pytrace=False)
 
 
+@pytest.fixture
+def wrapped_mount(tmp_path):
+    """Like ``mount_fs`` but the command runs under a wrapper (prlimit, setpriv):
+    ``wrapped_mount(source, *extra, prefix=[...])``. The wrappers exec, so the
+    process we track is the daemon itself."""
+    made = []
+
+    def start(source, *extra, prefix=(), mountpoint=None):
+        work = tmp_path / f"wrapped{len(made) + 1}"
+        work.mkdir(parents=True, exist_ok=True)
+        mp = Path(mountpoint) if mountpoint is not None else work / "mnt"
+        mp.mkdir(exist_ok=True)
+        m = Mount(source, mp, extra, work / "mef3fs.log", True, work)
+        m.cmd = [*prefix, *m.cmd]
+        made.append(m)
+        return m.start()
+
+    yield start
+    errors = []
+    for m in reversed(made):
+        try:
+            m.unmount()
+        except AssertionError as exc:
+            errors.append(f"{m}: {exc}")
+    if errors:
+        pytest.fail("unmount at teardown failed:\n" + "\n".join(errors), pytrace=False)
+
+
 # ---------------------------------------------------------------------------
 # sessions
 # ---------------------------------------------------------------------------

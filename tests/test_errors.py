@@ -16,7 +16,8 @@ from tests.sessions import reference
 
 @pytest.fixture(scope="module")
 def corpus_mnt(module_mount_fs, corpus):
-    return module_mount_fs(corpus.source)
+    # sessions only: what is hidden below is SOURCE's own stray files (test_trust.py shows them)
+    return module_mount_fs(corpus.source, "--sessions-only")
 
 
 # ---------------------------------------------------------------------------

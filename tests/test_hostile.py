@@ -107,7 +107,7 @@ def hostile(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hmount(module_mount_fs, hostile):
-    return module_mount_fs(hostile["source"], "--workers", "2")
+    return module_mount_fs(hostile["source"], "--workers", "2", "--sessions-only")
 
 
 def _log_mark(m):

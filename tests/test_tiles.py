@@ -28,7 +28,7 @@ import mef3io
 
 from mef3fs.decoders import DecodeSpec, make_decoder
 from mef3fs.index import IndexCache, MetaReaders
-from mef3fs.session import open_session
+from mef3fs.session import Opener
 from mef3fs.stats import Stats
 from mef3fs.tilecache import TileCache
 from mef3fs.tiles import ChannelTiles, grid_time, tile_edges
@@ -398,7 +398,7 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
     stats = Stats()
     readers = MetaReaders("")
     index = IndexCache(readers, 1 << 20, stats)
-    session = open_session(str(edge_session), str(edge_session), "", tile_seconds, readers, index)
+    session = Opener("", tile_seconds, readers, index).open(str(edge_session), str(edge_session))
     assert session.ok, session.error
     assert stats.snapshot()["indexes_loaded"] == 0, "opening a session read a block index"
     decoder = make_decoder("mef3io")

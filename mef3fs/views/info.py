@@ -46,7 +46,7 @@ def add(layout: Layout) -> None:
     doc = {
         "mef3fs_version": __version__,
         "session": meta.shown_path,
-        "status": "ok",
+        "status": "partial" if meta.partial else "ok",
         "start_uutc": meta.t0, "end_uutc": meta.t_end, "duration_s": (meta.t_end - meta.t0) / 1e6,
         "time_reference": ("relative to the recording-time offset (level-1 password: "
                            "the offset is locked)" if level == 1 else "uUTC"),
@@ -67,5 +67,13 @@ def add(layout: Layout) -> None:
         "renamed": {c["file"][:-4]: c["name"] for c in channels if c["file"][:-4] != c["name"]},
         **layout.session_keys,
         "left_out": meta.left_out,
+        "damaged": meta.damaged,
     }
+    layout.info_doc = doc
     layout.add(NAME, StaticFile(json_bytes(doc), f"{meta.shown_path}/{NAME}"))
+
+
+def remade(doc: dict, meta) -> StaticFile:
+    """info.json again, after damage was found while reading (meta.damaged grew)."""
+    doc = dict(doc, status="partial" if meta.partial else "ok", damaged=list(meta.damaged))
+    return StaticFile(json_bytes(doc), f"{meta.shown_path}/{NAME}")
