@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything mef3fs needs on a fresh Debian/Ubuntu machine, as root:
 # FUSE (libfuse3 + fusermount3), getfattr, GNU Octave for the MATLAB example
-# test, and the Python environment in .venv/. Safe to run again.
+# test (and BioSig, a BrainVision reader, for the BrainVision test), and the
+# Python environment in .venv/. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(fuse3 libfuse3-3 attr)
-[ "${1:-}" = "--with-octave" ] && packages+=(octave)
+[ "${1:-}" = "--with-octave" ] && packages+=(octave octave-biosig)   # BioSig: a BrainVision reader in Octave
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,10 +8,10 @@ module here, over the tiles: never a second decode path.
 
 from __future__ import annotations
 
-from . import channels, gaps, info, matrix, records
+from . import brainvision, channels, gaps, info, matrix, records
 from .layout import Layout
 
-VIEWS = (channels, matrix, records, gaps, info)
+VIEWS = (channels, matrix, records, gaps, brainvision, info)
 
 
 def lay_out(meta, reader, readers, index) -> Layout:
