@@ -341,8 +341,7 @@ def test_enormous_marker_lists(tmp_path, monkeypatch):
     """Thousands of gaps and of records: every stretch without data is marked, records beyond
     MAX_COMMENTS are left out with a line that says how many (opened in-process)."""
     from mef3fs.index import IndexCache, MetaReaders
-    from mef3fs.namespace import session_identity
-    from mef3fs.session import open_session
+    from mef3fs.session import Opener, session_identity
     from mef3fs.stats import Stats
     from mef3fs.views import brainvision
 
@@ -357,8 +356,8 @@ def test_enormous_marker_lists(tmp_path, monkeypatch):
                              for k in range(3000)])
     monkeypatch.setattr(brainvision, "MAX_COMMENTS", 1000)
     readers = MetaReaders("")
-    session = open_session(str(path), str(path), "", 10, readers, IndexCache(readers, 1 << 24, Stats()),
-                           identity=session_identity(str(path)))
+    opener = Opener("", 10, readers, IndexCache(readers, 1 << 24, Stats()))
+    session = opener.open(str(path), str(path), identity=session_identity(str(path)))
     text = session.files["brainvision/256Hz.vmrk"].snapshot().data.decode("utf-8")
     marks = parse_vmrk(text)
     bad = [(pos - 1, pos - 1 + size) for _, kind, _, pos, size, _, _ in marks if kind == "Bad Interval"]
