@@ -30,8 +30,9 @@ MIN_INDEX_BUDGET = 16 << 20
 
 
 def index_budget(cache_size: int) -> int:
-    """Block indexes get an eighth of the tile cache's budget, at least 16 MiB
-    (a channel-hour of 1 s blocks is about 9 KiB of tiles and gaps)."""
+    """Block indexes get an eighth of the tile cache's budget, at least 16 MiB: our
+    tile tables (a channel-hour of 1 s blocks is about 9 KiB), and in each process
+    the indexes mef3io's open readers keep (about 200 KiB per channel-hour)."""
     return max(MIN_INDEX_BUDGET, cache_size // 8)
 LOG_FORMAT = "%(asctime)s mef3fs[%(process)d] %(levelname)s %(message)s"
 
@@ -293,6 +294,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     from .engine import Engine
     from .fuseops import DebugOperations, Mef3fsOperations
     from .index import IndexCache, MetaReaders
+    from .readers import BUDGET_ENV as READER_BUDGET_ENV
     from .namespace import Namespace
     from .refresh import Refresher
     from .session import Opener
@@ -301,14 +303,17 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl or math.inf,
                     readahead=args.readahead > 0)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
-    readers = MetaReaders(password)
     budget = args.index_size if args.index_size is not None else index_budget(args.cache_size)
+    # every process's mef3io readers keep block indexes too: the same budget each
+    # (decoder workers, spawned later, read it from the environment: readers.py)
+    os.environ[READER_BUDGET_ENV] = str(budget)
+    readers = MetaReaders(password, budget)
     index = IndexCache(readers, budget, engine.stats,
                        on_first_load=engine.session_first_read)
     scratch = tempfile.mkdtemp(prefix="mef3fs-views-")    # readable views (readable.py)
     opener = Opener(password, args.tile_seconds, readers, index, no_password=no_password, scratch=scratch)
     namespace = Namespace(source, host.display, opener, stats_file, sessions_only=args.sessions_only)
-    engine.reporters += [index.snapshot, lambda: {"sessions_open": namespace.sessions_open}]
+    engine.reporters += [index.snapshot, readers.snapshot, lambda: {"sessions_open": namespace.sessions_open}]
     ops_class = DebugOperations if args.debug else Mef3fsOperations
     refresher = Refresher(namespace, args.refresh, None)
     namespace.on_changed = refresher.drop_cached

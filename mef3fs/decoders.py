@@ -25,10 +25,11 @@ from fractions import Fraction
 
 import numpy as np
 
+from .readers import ReaderCache, SessionChanged
+
 log = logging.getLogger("mef3fs.decoders")
 
 DECODERS = ("mef3io", "mef_tools")
-MAX_OPEN_READERS = 16          # per process: thousands of sessions must not exhaust fds
 MAX_ATTEMPTS = 3               # a tile whose worker died is decoded again, this often
 
 
@@ -64,49 +65,6 @@ class DecodeSpec:
         return 4 * self.n
 
 
-class _ReaderCache:
-    """At most MAX_OPEN_READERS open sessions per process, least recently used closed first."""
-
-    def __init__(self, open_reader, max_open: int = MAX_OPEN_READERS):
-        self._open = open_reader
-        self._max = max_open
-        self._lock = threading.Lock()
-        self._readers: collections.OrderedDict = collections.OrderedDict()
-
-    def get(self, path: str, identity: tuple = ()):
-        # A session replaced at the same path (another inode or mtime) must
-        # not be read for a file of the old one: that is an error, not data.
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise DecodeError(f"{exc.strerror}: the session is gone") from None
-        now = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        if identity and tuple(identity[:3]) != now:
-            raise DecodeError("the session was replaced or changed on disk since it was opened")
-        # a later generation of a growing session (identity[3:]) needs a reader
-        # opened after the growth: an older one does not see the new blocks
-        key = (path,) + (tuple(identity) if identity else now)
-        with self._lock:
-            reader = self._readers.get(key)
-            if reader is not None:
-                self._readers.move_to_end(key)
-                return reader
-        reader = self._open(path)
-        with self._lock:
-            for old in [k for k in self._readers if k[0] == path]:
-                del self._readers[old]
-            self._readers[key] = reader
-            while len(self._readers) > self._max:
-                # Dropped, not closed: a thread may still be reading from it;
-                # the last reference closes it.
-                self._readers.popitem(last=False)
-        return reader
-
-    def clear(self) -> None:
-        with self._lock:
-            self._readers.clear()
-
-
 def _fit(arr: np.ndarray, n: int) -> np.ndarray:
     """Exactly n float32 samples: the grid length is ours, not the decoder's."""
     arr = np.asarray(arr, dtype=np.float32).reshape(-1)
@@ -129,7 +87,7 @@ class Mef3ioDecoder:
         self._mef3io = mef3io
         self._password = password
         warnings.filterwarnings("ignore", module="mef3io")
-        self._readers = _ReaderCache(self._open)
+        self._readers = ReaderCache(self._open)
 
     def _open(self, path: str, strict: bool = True):
         """A strict reader, which raises where it cannot read. A session with a
@@ -150,7 +108,10 @@ class Mef3ioDecoder:
         self._readers.get(path, identity)
 
     def read(self, spec: DecodeSpec) -> np.ndarray:
-        reader = self._readers.get(spec.session_path, spec.identity)
+        try:
+            reader = self._readers.get(spec.session_path, spec.identity)
+        except SessionChanged as exc:
+            raise DecodeError(str(exc)) from None
         lenient = bool(reader.problems)     # a strict reader never has any
         if lenient and any(p["channel"] == spec.channel for p in reader.problems):
             # A lenient reader skips a segment for good once it failed and reads NaN
@@ -168,6 +129,7 @@ class Mef3ioDecoder:
             failed = [p for p in reader.problems[before:] if p["channel"] == spec.channel]
             if failed:                      # a lenient reader returns NaN where a strict one raises
                 raise DecodeError(f"{failed[0]['reason']}")
+        self._readers.loaded(reader, spec.channel, spec.ts, spec.te)
         return _fit(arr, spec.n)
 
     def close(self) -> None:
@@ -205,7 +167,7 @@ class MefToolsDecoder:
 
     def __init__(self, password: str = ""):
         from mef_tools.io import MefReader
-        self._readers = _ReaderCache(lambda path: MefReader(path, password2=password or None))
+        self._readers = ReaderCache(lambda path: MefReader(path, password2=password or None))
 
     def open(self, path: str, identity: tuple = ()) -> None:
         if not path.lower().endswith(".tar"):

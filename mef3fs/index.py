@@ -12,6 +12,7 @@ when it is needed again.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import math
 import os
@@ -21,18 +22,16 @@ import warnings
 
 import numpy as np
 
-from .decoders import DecodeError, _ReaderCache
+from .decoders import DecodeError
+from .readers import ReaderCache
 from .tiles import ChannelTiles, TileTable, grid_time, tile_edges, tile_windows
 
 log = logging.getLogger("mef3fs.index")
 
-MAX_OPEN_READERS = 16          # metadata readers kept open by the daemon
-
-
 class MetaReaders:
     """The daemon's mef3io readers, for metadata and block indexes (never samples)."""
 
-    def __init__(self, password: str, max_open: int = MAX_OPEN_READERS):
+    def __init__(self, password: str, budget: int | None = None):
         import mef3io
         self._mef3io = mef3io
 
@@ -41,19 +40,48 @@ class MetaReaders:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return mef3io.Reader(path, password=password, strict=False)
-        self._readers = _ReaderCache(open_reader, max_open)
+        self._readers = ReaderCache(open_reader, budget=budget)
 
     def get(self, path: str, identity: tuple = ()):
         return self._readers.get(path, identity)
+
+    def loaded(self, reader, channel: str, t0: float, t1: float) -> None:
+        self._readers.loaded(reader, channel, t0, t1)
+
+    def snapshot(self) -> dict:
+        return self._readers.snapshot()
 
     def clear(self) -> None:
         self._readers.clear()
 
 
-def read_blocks(reader, channel: str, ts: float, te: float) -> tuple[np.ndarray, np.ndarray]:
-    """(start uUTC, end uUTC) of every block overlapping [ts, te), from the index alone."""
+def read_blocks(reader, channel: str, ts: float, te: float) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """(start uUTC, end uUTC) of every block overlapping [ts, te), in time order, from
+    the index alone, and a digest of the blocks (times and extremes): what a session
+    written anew would change, and one that only grew would keep."""
     env = reader.block_envelope(channel, int(math.floor(ts)), int(math.ceil(te)))
-    return np.asarray(env["start_uutc"], dtype=np.int64), np.asarray(env["end_uutc"], dtype=np.int64)
+    starts = np.asarray(env["start_uutc"], dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.asarray(env["end_uutc"], dtype=np.int64)[order]
+    return starts, ends, block_digest(env, order)
+
+
+def block_digest(env: dict, order: np.ndarray, count: int | None = None) -> bytes:
+    """Digest of the first `count` blocks (all by default) of a block envelope."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in ("start_uutc", "end_uutc", "min", "max"):
+        h.update(np.ascontiguousarray(np.asarray(env[key])[order][:count]).tobytes())
+    return h.digest()
+
+
+def same_blocks(reader, tiles: ChannelTiles, piece: int, table: TileTable) -> bool:
+    """Does the session as `reader` sees it now still hold, first in this piece,
+    exactly the blocks `table` was made from? (Growth appends after them.)"""
+    a, b = tiles.piece_range(piece)
+    ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
+    env = reader.block_envelope(tiles.channel, int(math.floor(ts)), int(math.ceil(te)))
+    order = np.argsort(np.asarray(env["start_uutc"], dtype=np.int64), kind="stable")
+    return len(order) >= table.blocks and block_digest(env, order, table.blocks) == table.digest
 
 
 INDEX_HEADER = 1024             # a .tidx: the universal header, then one 56-byte entry per block
@@ -108,12 +136,11 @@ def lost_ranges(reader, tiles: ChannelTiles, ts: float, te: float, starts: np.nd
     return out
 
 
-def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.ndarray) -> TileTable:
-    """A piece's tiles and gaps from its blocks (start/end uUTC)."""
+def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.ndarray,
+                digest: bytes = b"") -> TileTable:
+    """A piece's tiles and gaps from its blocks (start/end uUTC, in time order)."""
     a, b = tiles.piece_range(piece)
     fs, t0 = tiles.fs, tiles.t0
-    order = np.argsort(starts, kind="stable")
-    starts, ends = starts[order], ends[order]
     lengths = np.rint((ends - starts) * fs / 1e6).astype(np.int64)
     edges, has_data = tile_edges(b, t0, fs, starts, lengths, tiles.target, first=a)
     lo, hi = tile_windows(edges, has_data, t0, fs, starts)
@@ -125,7 +152,7 @@ def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.nd
     first = float(starts[0]) if len(starts) else math.nan
     last = float(block_end[-1]) if len(starts) else math.nan
     return TileTable(edges, has_data, lo, hi, gaps=gaps, first_start=first, last_end=last,
-                     blocks=len(starts))
+                     blocks=len(starts), digest=digest)
 
 
 class IndexCache:
@@ -171,13 +198,14 @@ class IndexCache:
         ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
         try:
             reader = self._readers.get(tiles.session_path, tiles.identity)
-            starts, ends = read_blocks(reader, tiles.channel, ts, te)
+            starts, ends, digest = read_blocks(reader, tiles.channel, ts, te)
+            self._readers.loaded(reader, tiles.channel, ts, te)
         except DecodeError:
             raise
         except Exception as exc:   # a damaged or vanished index: EIO for this read, said once per read
             raise DecodeError(f"{tiles.label}: block index of uUTC {ts:.0f}-{te:.0f} cannot be read: "
                               f"{type(exc).__name__}: {exc}") from None
-        table = build_table(tiles, piece, starts, ends)
+        table = build_table(tiles, piece, starts, ends, digest)
         if tiles.report is not None:
             for damage in lost_ranges(reader, tiles, ts, te, starts):
                 tiles.report(damage)
@@ -202,10 +230,28 @@ class IndexCache:
         self._tables[key] = table
         self._bytes += table.nbytes
 
+    def peek(self, tiles: ChannelTiles, piece: int) -> TileTable | None:
+        """The piece's table if it is loaded (never loads it)."""
+        with self._lock:
+            return self._tables.get(tiles.key + (tiles.serials[piece],))
+
     def snapshot(self) -> dict:
         with self._lock:
             return {"index_bytes": self._bytes, "index_tables": len(self._tables),
                     "index_budget": self.budget}
+
+
+def still_the_same(old_meta, reader, index: IndexCache) -> bool:
+    """Does the session as `reader` sees it still hold every block that was read
+    from it before (a table loaded, so tiles of it may be cached)? A session
+    written anew in place can keep its files' names, inodes (reused) and
+    sizes; it does not keep their blocks."""
+    for ch in old_meta.channels:
+        for p in range(ch.tiles.pieces):
+            table = index.peek(ch.tiles, p)
+            if table is not None and table.digest and not same_blocks(reader, ch.tiles, p, table):
+                return False
+    return True
 
 
 def channel_gaps(tiles: ChannelTiles) -> list[dict]:

@@ -119,6 +119,21 @@ class SessionMeta:
         return bool(self.left_out or self.damaged)
 
 
+CHANNEL_FIELDS = ("start_time", "end_time", "number_of_samples", "sampling_frequency",
+                  "units_description", "units_conversion_factor", "acquisition_channel_number",
+                  "channel_description", "recording_time_offset", "gmt_offset", "subject_name_1",
+                  "subject_name_2", "subject_id", "recording_location", "session_description")
+
+
+SEGMENT_FIELDS = ("segment", "path", "start_time", "end_time", "start_sample", "number_of_samples",
+                  "number_of_blocks", "units_conversion_factor")
+
+
+def _kept(info: dict) -> dict:
+    """The fields of mef3io's info() that the views use: sessions stay open by the hundred."""
+    return {k: info.get(k) for k in CHANNEL_FIELDS}
+
+
 def _outside(session_path: str, segments, inside) -> bool:
     """A channel whose segment files resolve outside SOURCE (tar members have no such path).
 
@@ -175,7 +190,7 @@ def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tup
     for p in reader.problems:
         if p.get("kind", "segment") == "segment":
             problems.setdefault(p["channel"], []).append(p)
-    segments = {n: reader.segments(n) for n in reader.channels}
+    segments = {n: [{k: s.get(k) for k in SEGMENT_FIELDS} for s in reader.segments(n)] for n in reader.channels}
     unreadable = [n for n in reader.channels if not segments[n]]
     outside = [n for n in reader.channels if segments[n] and _outside(open_path, segments[n], inside)]
     names = [n for n in reader.channels if n not in unreadable and n not in outside]
@@ -193,7 +208,7 @@ def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tup
             raise ValueError("no channel can be read: " + "; ".join(
                 f"{item['name']}: {item['reason']}" for item in left_out))
         raise ValueError("no channel with samples in this session")
-    infos = {name: reader.info(name) for name in names}
+    infos = {name: _kept(reader.info(name)) for name in names}
     t0 = min(int(i["start_time"]) for i in infos.values())
     t_end = max(int(i["end_time"]) for i in infos.values())
     stems = safe_names(names)

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .index import still_the_same
 from .passthrough import PassthroughFile
 from .refresh import grew, signature as take_signature
 from .session import Opener, Session, session_identity
@@ -187,7 +188,7 @@ class Namespace:
                 old, _ = self._sessions.popitem(last=False)
                 log.debug("session let go (least recently used): %s", self._display(old))
 
-    def refresh(self, old: Session, signature: dict | None = None) -> list[str]:
+    def refresh(self, old: Session, signature=None) -> list[str]:
         """Read a session again because its files changed; returns the mount paths
         whose kernel caches must be dropped. A session that only grew keeps its
         tiles where nothing changed; one written anew is a new session (a new
@@ -218,7 +219,7 @@ class Namespace:
                 # caught half-way through a write: keep what we have, look again next time
                 log.debug("refresh of %s postponed: %s", old.shown_path, new.error)
                 return []
-            if growth and not _same_grid(old, new):
+            if growth and not (_same_grid(old, new) and self._same_blocks(old, new)):
                 growth = False
                 new = read_again(False)
             new.last_used = old.last_used
@@ -236,6 +237,14 @@ class Namespace:
         with self._lock:
             roots = sorted(self._mount_paths.get(real, ()))
         return [root + "/" + rel for root in roots for rel in rels]
+
+    def _same_blocks(self, old: Session, new: Session) -> bool:
+        try:
+            reader = self._opener.readers.get(new.path, new.decode_identity)
+            return still_the_same(old.meta, reader, self._opener.index)
+        except Exception as exc:        # cannot tell: then it is not the same session
+            log.debug("comparing %s with what it was: %s", old.shown_path, exc)
+            return False
 
     def _cached_paths(self, session: Session) -> list[str]:
         """Mount paths of every file and folder of a session (what the kernel may cache)."""

@@ -22,6 +22,8 @@ import stat
 import threading
 import time
 
+import numpy as np
+
 log = logging.getLogger("mef3fs.refresh")
 
 DEFAULT_PERIOD = 1.0          # seconds between checks of a session in use
@@ -30,14 +32,34 @@ GROWING = (".tdat", ".tidx")  # files a writer only ever appends to
 MEF_FILES = GROWING + (".tmet", ".rdat", ".ridx")   # writers' temporary files are not looked at
 
 
-def signature(path: str) -> dict:
-    """relative path -> (inode, size, mtime) of every MEF file of a session; OSError if it is gone.
+class Signature:
+    """(inode, size, mtime) of every MEF file of a session, compact: sessions stay
+    open by the hundred, and a dict of tuples costs ~200 bytes a file."""
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, files: dict):
+        names = sorted(files)
+        self.names = "\0".join(names)
+        self.values = np.array([files[n] for n in names], dtype=np.int64).reshape(len(names), 3)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Signature) and self.names == other.names
+                and np.array_equal(self.values, other.values))
+
+    def files(self) -> dict:
+        names = self.names.split("\0") if self.names else []
+        return {n: tuple(int(v) for v in row) for n, row in zip(names, self.values)}
+
+
+def signature(path: str) -> Signature:
+    """What changes when a session is written; OSError if it is gone.
 
     A `.mefd.tar` is one file. A folder is walked to the depth MEF uses
     (session / channel.timd / segment.segd)."""
     st = os.stat(path)
     if stat.S_ISREG(st.st_mode):
-        return {"": (st.st_ino, st.st_size, st.st_mtime_ns)}
+        return Signature({"": (st.st_ino, st.st_size, st.st_mtime_ns)})
     out = {}
     todo = [("", path, 0)]
     while todo:
@@ -59,13 +81,14 @@ def signature(path: str) -> dict:
             except OSError:            # vanished while we looked: the next check sees it
                 continue
             out[name] = (s.st_ino, s.st_size, s.st_mtime_ns)
-    return out
+    return Signature(out)
 
 
-def grew(old: dict, new: dict) -> bool:
+def grew(old: Signature, new: Signature) -> bool:
     """Is `new` the same session as `old` with more written to it? Every data
     and index file still the same file, none shorter (metadata and record
     files are rewritten by writers, and may come and go)."""
+    old, new = old.files(), new.files()
     for name, (ino, size, _) in old.items():
         if name.endswith(GROWING) or name == "":
             now = new.get(name)

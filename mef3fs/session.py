@@ -37,7 +37,7 @@ class Session:
     identity: tuple = ()          # (device, inode, mtime) of the folder or archive when read
     generation: int = 0
     epoch: int = 0
-    signature: dict = field(default_factory=dict)   # refresh.signature() when read
+    signature: object = None      # refresh.Signature when read
     meta: object = None           # meta.SessionMeta
     files: dict = field(default_factory=dict)    # relative path -> file object
     dirs: dict = field(default_factory=dict)     # relative dir path -> sorted entry names
@@ -45,7 +45,6 @@ class Session:
     last_used: float = 0.0        # monotonic time of the last lookup inside it
     superseded_by: "Session | None" = None
     compatible: bool = False
-    info_doc: dict = field(default_factory=dict)     # what info.json says
     on_files_changed: object = lambda rels: None    # the namespace drops the kernel's caches of these
     _lock: object = field(default_factory=threading.Lock, repr=False)
 
@@ -71,7 +70,7 @@ class Session:
             if self.meta is None or damage in self.meta.damaged:
                 return
             self.meta.damaged.append(damage)
-            self.files["info.json"] = info_view.remade(self.info_doc, self.meta)
+            self.files["info.json"] = info_view.remade(self.files["info.json"], self.meta)
             self.listings.clear()
         if not quiet:
             log.warning("session %s: channel %s uUTC %s-%s cannot be read (EIO): %s", self.shown_path,
@@ -105,7 +104,7 @@ class Opener:
     scratch: str | None = None    # where readable views of partly unreadable sessions go (readable.py)
 
     def open(self, path: str, shown_path: str, identity: tuple = (), previous: Session | None = None,
-             signature: dict | None = None, generation: int = 0, epoch: int = 0) -> Session:
+             signature=None, generation: int = 0, epoch: int = 0) -> Session:
         """Read a session's metadata and lay out its files. Never raises for a bad session.
 
         A channel whose segments resolve outside SOURCE (a symbolic link
@@ -113,12 +112,12 @@ class Opener:
         why. `previous` is the session this one replaces when it grew:
         pieces that did not change keep their tiles.
         """
-        from .refresh import signature as take_signature
+        from .refresh import Signature, signature as take_signature
         session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch)
         try:
             session.signature = signature if signature is not None else take_signature(path)
         except OSError:
-            session.signature = {}
+            session.signature = Signature({})
         try:
             _check_readable(path)
             open_path, decode_identity, denied = path, session.decode_identity, []
@@ -137,7 +136,7 @@ class Opener:
                              open_path=open_path, denied=denied)
             session.meta = meta
             layout = lay_out(meta, reader, self.readers, self.index)
-            session.files, session.dirs, session.info_doc = layout.files, layout.dirs(), layout.info_doc
+            session.files, session.dirs = layout.files, layout.dirs()
             for item in meta.left_out:
                 log.warning("session %s: channel %s not shown: %s", shown_path, item["name"], item["reason"])
             for item in meta.damaged:

@@ -165,6 +165,7 @@ class TileTable:
     first_start: float = math.nan         # uUTC of the piece's first block, end of its last
     last_end: float = math.nan
     blocks: int = 0
+    digest: bytes = b""                   # of the blocks it was made from (index.read_blocks)
 
     @property
     def nbytes(self) -> int:

@@ -99,6 +99,7 @@ class GeneratedFile:
 
 
 class SignalFile:
+    __slots__ = ("rows", "in_step", "header", "label", "xattrs", "n", "row_bytes", "size")
     keep_cache = True
     direct_io = False
 

@@ -6,6 +6,8 @@ Written last, from the session metadata and the keys every other view added
 
 from __future__ import annotations
 
+import json
+
 from .. import __version__
 from ..jsontext import clean, json_bytes
 from ..tiles import grid_length
@@ -69,11 +71,12 @@ def add(layout: Layout) -> None:
         "left_out": meta.left_out,
         "damaged": meta.damaged,
     }
-    layout.info_doc = doc
     layout.add(NAME, StaticFile(json_bytes(doc), f"{meta.shown_path}/{NAME}"))
 
 
-def remade(doc: dict, meta) -> StaticFile:
-    """info.json again, after damage was found while reading (meta.damaged grew)."""
-    doc = dict(doc, status="partial" if meta.partial else "ok", damaged=list(meta.damaged))
-    return StaticFile(json_bytes(doc), f"{meta.shown_path}/{NAME}")
+def remade(old: StaticFile, meta) -> StaticFile:
+    """info.json again, after damage was found while reading (meta.damaged grew).
+    Made from the old one's bytes: a session does not keep its document twice."""
+    doc = json.loads(old.data)
+    doc.update(status="partial" if meta.partial else "ok", damaged=list(meta.damaged))
+    return StaticFile(json_bytes(doc), old.label)

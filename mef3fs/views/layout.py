@@ -20,7 +20,6 @@ class Layout:
         self.session_keys: dict = {}    # extra top-level info.json keys
         self.grid_keys = {g.label: {} for g in meta.grids}
         self.channel_keys = {c.name: {} for c in meta.channels}
-        self.info_doc: dict = {}        # what info.json says (views/info.py)
 
     def add(self, rel: str, file) -> str:
         if rel in self.files:
