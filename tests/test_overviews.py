@@ -148,6 +148,20 @@ def build_skewed_session(path):
     return path
 
 
+def build_broken_index_session(path):
+    """The gaps session with LA2's block index cut short: it opens, but LA2's index cannot be read."""
+    build_gaps_session(path)
+    (tidx,) = glob.glob(str(Path(path) / "LA2.timd" / "*.segd" / "*.tidx"))
+    Path(tidx).write_bytes(Path(tidx).read_bytes()[:1024 + 30])
+    r = reader(path)
+    try:
+        with pytest.raises(mef3io.MefError):
+            r.block_envelope("LA2")
+    finally:
+        r.close()
+    return path
+
+
 @pytest.fixture(scope="module")
 def ov_source(tmp_path_factory):
     source = tmp_path_factory.mktemp("ov") / "source"
@@ -156,6 +170,7 @@ def ov_source(tmp_path_factory):
     build_small_session(source / "many.mefd", 1313, seconds=5,
                         channels=tuple(f"c{k:02d}" for k in range(40)))
     build_skewed_session(source / "skew.mefd")
+    build_broken_index_session(source / "noindex.mefd")
     return source
 
 
@@ -292,6 +307,47 @@ def test_the_index_wins_over_metadata(ov_mount, ov_source):
         if other["name"] != "LA2":
             p = folder / other["envelope_file"]
             assert len(p.read_bytes()) == os.stat(p).st_size
+
+
+def test_an_unreadable_index_fails_its_own_file_only(ov_mount, ov_source):
+    folder = ov_mount.root / "noindex.mefd"
+    info = info_of(folder)
+    by_name = {c["name"]: c for c in info["channels"]}
+    with pytest.raises(OSError) as exc:
+        np.load(folder / by_name["LA2"]["envelope_file"])
+    assert exc.value.errno == errno.EIO
+    assert "block index cannot be read" in ov_mount.log_text()
+    for name in ("HF", "LA1"):
+        assert np.array_equal(np.load(folder / by_name[name]["envelope_file"]),
+                              block_envelope(ov_source / "noindex.mefd", name), equal_nan=True)
+    geo = info["preview"]
+    _, px = picture(folder)
+    plot = slice(geo["plot_left"], geo["plot_left"] + geo["plot_width"])
+    for s in geo["strips"]:
+        rows = px[s["top"]:s["top"] + s["height"], plot]
+        if s["channel"] == "LA2":       # says so in its strip
+            assert not (rows == TRACE).any() and (rows == INK).sum() > 50
+        else:
+            assert (rows == TRACE).any()
+
+
+def test_envelopes_and_preview_under_a_level1_password(mount_fs, encrypted):
+    m = mount_fs(encrypted.source, "--workers", "1", "--password", encrypted.password1)
+    folder = m.root / encrypted.rel
+    info = info_of(folder)
+    assert info["status"] == "ok" and info["password_level"] == 1
+    r = mef3io.Reader(str(encrypted.session), password=encrypted.password1)
+    try:
+        for ch in info["channels"]:
+            env = r.block_envelope(ch["name"])
+            want = np.stack([np.asarray(env[c], dtype=np.float64) for c in ENV_COLUMNS], axis=1)
+            assert np.array_equal(np.load(folder / ch["envelope_file"]), want, equal_nan=True)
+    finally:
+        r.close()
+    im, px = picture(folder)
+    assert im.size == (info["preview"]["width"], info["preview"]["height"])
+    assert (px == TRACE).any()
+    assert decodes(read_stats(m)) == 0
 
 
 # ---------------------------------------------------------------------------

@@ -102,9 +102,9 @@ class GeneratedFile:
 class PlannedFile:
     """Bytes made on open, of a size known from metadata before (a block
     envelope, a picture): listed with that size and served like a static file
-    (page cache, memmap). Up to KEEP bytes are kept once made; a bigger file
-    is made again at each open (it is cheap to make, and the kernel's page
-    cache keeps what is read). Should the bytes disagree with the plan
+    (page cache, memmap). Up to KEEP bytes are kept once made (unless
+    keep=False); a bigger file is made again at each open (the kernel's page
+    cache keeps what was read). Should the bytes disagree with the plan
     (metadata that was wrong), the bytes win: the file then states its true
     size and is served with direct_io, so no reader is cut short at the size
     the kernel was told at listing."""
@@ -112,8 +112,9 @@ class PlannedFile:
     keep_cache = True
     xattrs: dict = {}
 
-    def __init__(self, size: int, make, label: str = ""):
+    def __init__(self, size: int, make, label: str = "", keep: bool = True):
         self.planned = int(size)
+        self.keep = keep
         self._make = make
         self.label = label
         self._data: bytes | None = None
@@ -134,7 +135,7 @@ class PlannedFile:
             if data is None:
                 data = self._make()
                 self._made = len(data)
-                if len(data) <= self.KEEP:
+                if self.keep and len(data) <= self.KEEP:
                     self._data = data
         return StaticFile(data, self.label)
 

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .envelopes import envelopes
+from .envelopes import envelopes_or_none
 from .files import PlannedFile
 from .font import CELL_H, draw_text, fit, text_width
 from .layout import Layout
@@ -147,7 +147,11 @@ def draw(meta, geo: dict, envs: dict) -> np.ndarray:
         img[top - 2, LEFT:LEFT + PLOT] = LIGHT    # separator
         label = fit(by_name[strip["channel"]].name, LEFT - 8)
         draw_text(img, 4, top + (STRIP - CELL_H) // 2 + 1, label, INK)
-        _draw_strip(img, top, envs[strip["channel"]], t0, per_col)
+        env = envs[strip["channel"]]
+        if env is None:
+            draw_text(img, LEFT + 4, top + (STRIP - CELL_H) // 2 + 1, "block index unreadable", INK)
+        else:
+            _draw_strip(img, top, env, t0, per_col)
     y = TOP + PITCH * len(geo["strips"]) + 1
     _axis(img, y, t0, t1, per_col, meta.password_level == 1)
     if geo["left_out"]:
@@ -164,7 +168,7 @@ def add(layout: Layout) -> None:
 
     def make() -> bytes:
         names = [s["channel"] for s in geo["strips"]]
-        envs = envelopes(readers.get(meta.path, meta.identity), names, label)
+        envs = envelopes_or_none(readers.get(meta.path, meta.identity), names, label)
         return encode_png(draw(meta, geo, envs), PALETTE, BITS)
 
     size = png_size(WIDTH, geo["height"], BITS, len(PALETTE))
