@@ -20,6 +20,7 @@ was read).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 
@@ -34,6 +35,12 @@ log = logging.getLogger("mef3fs.views")
 COLUMNS = ("start_uutc", "end_uutc", "min", "max")
 ROW_BYTES = 8 * len(COLUMNS)
 BATCH_BUDGET = 32 << 20       # envelopes read ahead for their files, every session together
+
+
+@functools.lru_cache(maxsize=1024)
+def planned_size(blocks: int) -> int:
+    """The file's size for this many blocks (most channels of a session share one count)."""
+    return len(npy_header((blocks, len(COLUMNS)), "<f8")) + ROW_BYTES * blocks
 
 
 def stated_blocks(channel) -> int:
@@ -135,8 +142,8 @@ def add(layout: Layout) -> None:
                             "serving the index's", label, len(env), blocks)
             return npy_bytes(env)
 
-        size = len(npy_header((blocks, len(COLUMNS)), "<f8")) + ROW_BYTES * blocks
-        layout.channel_keys[ch.name]["envelope_file"] = layout.add(rel, PlannedFile(size, make, label, keep=False))
+        layout.channel_keys[ch.name]["envelope_file"] = layout.add(
+            rel, PlannedFile(planned_size(blocks), make, label, keep=False))
     layout.session_keys.setdefault("overview_layout", {})["envelope_file"] = (
         "NPY float64 (n_blocks, 4): start_uutc, end_uutc, min, max of each MEF block in time order, "
         "from the block index (mef3io's block_envelope); min/max in the channel's units, NaN where "

@@ -9,7 +9,8 @@ are read, so it costs the same for an hour as for a month. A strip spans
 the 1st to 99th percentile of its channel's block extremes (an artefact
 then runs to the strip's edge instead of flattening the rest); a flat
 channel is a line through the middle; light grey marks blocks whose
-extremes the writer left unset.
+extremes the writer left unset; a channel whose block index cannot be read
+says so in its strip, and the rest is drawn.
 
 The PNG is stored uncompressed (png.py), so its size follows from the
 channel count at listing, and its geometry is in info.json (`preview`), so
