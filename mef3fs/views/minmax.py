@@ -125,9 +125,13 @@ class MinMaxFile:
             a, b = tiles.bounds(i)
             x = np.empty(b - a, dtype=np.float32)
             cache.samples(tiles, a, b, x)
-            kept[i] = summarize(a, x)
-            if store is not None:
-                store.put(tiles.key + (i,), kept[i])
+            key = tiles.key + (i,)
+            got = store.get(key) if store is not None else None    # a decode just summarized it
+            if got is None:
+                got = summarize(a, x)
+                if store is not None:
+                    store.put(key, got)
+            kept[i] = got
         # STEP-sample bins over [s0, s1) (s0 is a multiple of k, so of STEP), then groups of k / STEP;
         # bins past s1 (only ever after the grid's end) stay NaN
         g, b0 = self.k // STEP, s0 // STEP
