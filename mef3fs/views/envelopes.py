@@ -48,12 +48,34 @@ def stated_blocks(channel) -> int:
     return sum(int(s["number_of_blocks"]) for s in channel.segments)
 
 
+def reader_of(readers, meta):
+    """The metadata reader of the session as its channels are read (a readable view, if any)."""
+    tiles = meta.channels[0].tiles
+    return readers.get(tiles.session_path, tiles.identity)
+
+
+def _broken(reader, names) -> dict:
+    """name -> why, for the channels of which the (lenient) reader skipped a segment."""
+    out: dict = {}
+    for p in getattr(reader, "problems", None) or ():
+        if p.get("kind", "segment") == "segment" and p.get("channel") in names:
+            out.setdefault(p["channel"], []).append(f"segment {p.get('segment_number')}: {p.get('reason')}")
+    return out
+
+
 def envelopes(reader, names: list, label: str = "") -> dict:
-    """name -> float64 (n_blocks, 4), from the block indexes only (read concurrently)."""
+    """name -> float64 (n_blocks, 4), from the block indexes only (read concurrently).
+
+    A channel the reader could not read in full (it skips what a strict one
+    raises for) fails the call: its envelope would silently lack blocks."""
     try:
         got = reader.block_envelope(list(names))
     except Exception as exc:   # a damaged or vanished index: EIO for whoever asked
         raise DecodeError(f"{label}: block index cannot be read: {type(exc).__name__}: {exc}") from None
+    broken = _broken(reader, names)
+    if broken:
+        raise DecodeError(f"{label}: block index cannot be read: " + "; ".join(
+            f"{name}: {', '.join(why)}" for name, why in broken.items()))
     return {name: np.stack([np.asarray(got[name][c], dtype=np.float64) for c in COLUMNS], axis=1)
             .reshape(-1, len(COLUMNS)) for name in names}
 
@@ -135,7 +157,7 @@ def add(layout: Layout) -> None:
         blocks = stated[ch.name]
 
         def make(ch=ch, label=label, blocks=blocks) -> bytes:
-            reader = readers.get(meta.path, meta.identity)
+            reader = reader_of(readers, meta)
             env = _batches.take(reader, session, names, ch.name, stated_bytes, label)
             if len(env) != blocks:
                 log.warning("%s: the block index holds %d blocks, segment metadata says %d: "

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from .envelopes import envelopes_or_none
+from .envelopes import envelopes_or_none, reader_of
 from .files import PlannedFile
 from .font import CELL_H, draw_text, fit, text_width
 from .layout import Layout
@@ -169,7 +169,7 @@ def add(layout: Layout) -> None:
 
     def make() -> bytes:
         names = [s["channel"] for s in geo["strips"]]
-        envs = envelopes_or_none(readers.get(meta.path, meta.identity), names, label)
+        envs = envelopes_or_none(reader_of(readers, meta), names, label)
         return encode_png(draw(meta, geo, envs), PALETTE, BITS)
 
     size = png_size(WIDTH, geo["height"], BITS, len(PALETTE))
