@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from . import summaries
 from .decoders import DecoderPool, make_decoder, return_big_buffers_to_the_os
 from .stats import Stats
 from .tilecache import TileCache
@@ -46,6 +47,7 @@ class Engine:
         self.cache = TileCache(self._cache_size, self._cache_ttl, self.pool, inprocess,
                                self._inprocess_samples, self.stats, self._readahead)
         self.cache.start()
+        self.reporters.append(summaries.attach(self.cache).snapshot)   # min-max of every decoded tile
 
     def session_first_read(self, path: str, identity: tuple) -> None:
         """Workers open a session when it is first read, in parallel with that read

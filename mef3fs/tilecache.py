@@ -57,6 +57,7 @@ class TileCache:
         self._readahead_bytes = 0               # read-ahead in flight + unread: at most budget/2
         self._stop = threading.Event()
         self._janitor = None
+        self.on_decoded = None                  # (key, first grid sample, samples) per tile decoded
 
     # -- life cycle ---------------------------------------------------------
 
@@ -184,7 +185,13 @@ class TileCache:
             if future.exception() is not None:
                 self._stats.add("decode_errors")
                 return
-            self._insert(key, future.result(), flight.background)
+            arr = future.result()
+            self._insert(key, arr, flight.background)
+        if self.on_decoded is not None:
+            try:
+                self.on_decoded(key, flight.spec.first, arr)
+            except Exception:
+                log.exception("on_decoded hook failed for %s", key)
 
     def _insert(self, key, arr: np.ndarray, prefetched: bool) -> None:
         """Lock held. A tile larger than the whole budget is served, not kept."""

@@ -6,8 +6,9 @@ Every file has `size`, `keep_cache`, `xattrs`, `label` and
 one or more channels' float32 samples back to back, read through the
 shared tiles, so no view ever decodes twice. `StaticFile` holds bytes made
 at listing; a `GeneratedFile` is made on first open (it needs block
-indexes or records that listing must not read) and kept; a `DynamicFile`
-is made anew at every open (the stats file).
+indexes or records that listing must not read) and kept, a `PlannedFile`
+likewise but with a size known at listing; a `DynamicFile` is made anew at
+every open (the stats file).
 """
 
 from __future__ import annotations
@@ -96,6 +97,47 @@ class GeneratedFile:
             if self._data is None:
                 self._data = self._make()
         return StaticFile(self._data, self.label)
+
+
+class PlannedFile:
+    """Bytes made on open, of a size known from metadata before (a block
+    envelope, a picture): listed with that size and served like a static file
+    (page cache, memmap). Up to KEEP bytes are kept once made (unless
+    keep=False); a bigger file is made again at each open (the kernel's page
+    cache keeps what was read). Should the bytes disagree with the plan
+    (metadata that was wrong), the bytes win: the file then states its true
+    size and is served with direct_io, so no reader is cut short at the size
+    the kernel was told at listing."""
+    KEEP = 1 << 20
+    keep_cache = True
+    xattrs: dict = {}
+
+    def __init__(self, size: int, make, label: str = "", keep: bool = True):
+        self.planned = int(size)
+        self.keep = keep
+        self._make = make
+        self.label = label
+        self._data: bytes | None = None
+        self._made: int | None = None      # the size of what was made
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.planned if self._made is None else self._made
+
+    @property
+    def direct_io(self) -> bool:
+        return self._made is not None and self._made != self.planned
+
+    def snapshot(self) -> StaticFile:
+        with self._lock:
+            data = self._data
+            if data is None:
+                data = self._make()
+                self._made = len(data)
+                if self.keep and len(data) <= self.KEEP:
+                    self._data = data
+        return StaticFile(data, self.label)
 
 
 class SignalFile:
