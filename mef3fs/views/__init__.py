@@ -8,10 +8,10 @@ module here, over the tiles: never a second decode path.
 
 from __future__ import annotations
 
-from . import brainvision, channels, gaps, info, matrix, records
+from . import brainvision, channels, gaps, info, matrix, records, zarr
 from .layout import Layout
 
-VIEWS = (channels, matrix, records, gaps, brainvision, info)
+VIEWS = (channels, matrix, records, gaps, brainvision, zarr, info)
 
 
 def lay_out(meta, reader, readers, index) -> Layout:
