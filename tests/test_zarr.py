@@ -12,12 +12,17 @@
   names zarr probes for answer ENOENT, quietly.
 * The raw bytes of a shard: the samples, NaN padding, an index computed from
   the chunk length alone.
+* The scale-out recipe (examples/dask/channel_stats.py) on a LocalCluster of
+  process workers equals numpy on the `.f32` files; the DaemonSet manifest
+  has what a FUSE mount in a pod needs.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +30,7 @@ import mef3io
 import numpy as np
 import pytest
 
-from tests.conftest import read_stats
+from tests.conftest import REPO, read_stats, subprocess_env
 from tests.sessions import ENC_PASSWORD1, ENC_PASSWORD2, T0, reference
 
 xr = pytest.importorskip("xarray")
@@ -341,3 +346,84 @@ def test_shard_bytes(mounted):
                 assert os.pread(fd, ln, off) == whole[off:off + ln], (off, ln)
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# the scale-out recipe, on one machine
+# ---------------------------------------------------------------------------
+
+RECIPE = REPO / "examples" / "dask" / "channel_stats.py"
+MANIFEST = REPO / "deploy" / "kubernetes" / "mef3fs-daemonset.yaml"
+
+
+def numpy_stats(folder, info):
+    out = {}
+    for c in info["channels"]:
+        x = np.fromfile(folder / c["file"], dtype="<f4").astype(np.float64)
+        ok = x[~np.isnan(x)]
+        out[c["name"]] = {"count": ok.size, "nan": x.size - ok.size, "mean": ok.mean(),
+                          "std": ok.std(), "min": ok.min(), "max": ok.max()}
+    return out
+
+
+@pytest.mark.slow
+def test_local_cluster_channel_stats_equal_numpy(mounted, tmp_path):
+    """LocalCluster(processes=True), two workers, reading through the mount."""
+    m, _ = mounted
+    folders = [m.root / "gaps.mefd", m.root / "rates.mefd"]
+    out = tmp_path / "stats.json"
+    res = subprocess.run([sys.executable, str(RECIPE), "--local-workers", "2",
+                          "--samples-per-task", "20000", "--out", str(out), *map(str, folders)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=subprocess_env())
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    for folder in folders:
+        info = load_info(folder)
+        want = numpy_stats(folder, info)
+        got = {r["channel"]: r for r in rows if r["session"] == str(folder)}
+        assert set(got) == set(want)
+        for name, w in want.items():
+            g = got[name]
+            assert (g["count"], g["nan"]) == (w["count"], w["nan"]), name
+            assert (g["min"], g["max"]) == (w["min"], w["max"]), name
+            assert g["mean"] == pytest.approx(w["mean"], rel=1e-9, abs=1e-9), name
+            assert g["std"] == pytest.approx(w["std"], rel=1e-9), name
+
+
+def test_daemonset_manifest_mounts_fuse_in_a_pod():
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == "mef3fs"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {v["mountPath"]: v for v in c["volumeMounts"]}
+    # /dev/fuse, SYS_ADMIN, and the mount propagated to the node
+    assert volumes[mounts["/dev/fuse"]["name"]]["hostPath"]["path"] == "/dev/fuse"
+    assert "SYS_ADMIN" in c["securityContext"]["capabilities"]["add"]
+    assert c["securityContext"]["privileged"] is True, "Kubernetes allows Bidirectional only when privileged"
+    args = c["args"]
+    mountpoint = args[-1]
+    assert mounts[mountpoint]["mountPropagation"] == "Bidirectional"
+    assert volumes[mounts[mountpoint]["name"]]["hostPath"]["path"] == mountpoint, "same path on the node"
+    # SOURCE is a host path, read through the image's host root
+    env = {e["name"]: e["value"] for e in c.get("env", [])}
+    root = env.get("MEF3FS_HOST_ROOT", "/host_root")
+    source = args[-2]
+    (src_mount,) = [p for p in mounts if p.startswith(root)]
+    assert mounts[src_mount].get("readOnly") is True
+    assert source.startswith("/") and (root + source).startswith(src_mount)
+    # the command line is one the real CLI takes, in the foreground (the image's entry point)
+    from mef3fs import cli
+    ns = cli.build_parser().parse_args(["-f", *args])
+    assert ns.foreground and "allow_other" in ",".join(ns.options)
+    # a dead mount left by a killed pod is cleared before the next one mounts
+    (init,) = pod["initContainers"]
+    script = " ".join(init["command"])
+    (parent,) = init["volumeMounts"]
+    assert parent["mountPropagation"] == "Bidirectional"
+    assert volumes[parent["name"]]["hostPath"]["path"] == os.path.dirname(mountpoint)
+    inside = parent["mountPath"] + "/" + os.path.basename(mountpoint)
+    assert f"fusermount3 -u -z {inside}" in script and f"mkdir -p {inside}" in script
+    assert pod["terminationGracePeriodSeconds"] >= 30
