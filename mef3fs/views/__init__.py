@@ -8,10 +8,10 @@ module here, over the tiles: never a second decode path.
 
 from __future__ import annotations
 
-from . import brainvision, channels, envelopes, gaps, info, matrix, minmax, preview, records
+from . import brainvision, channels, envelopes, gaps, info, matrix, minmax, preview, records, zarr
 from .layout import Layout
 
-VIEWS = (channels, matrix, records, gaps, brainvision, envelopes, minmax, preview, info)
+VIEWS = (channels, matrix, records, gaps, brainvision, zarr, envelopes, minmax, preview, info)
 
 
 def lay_out(meta, reader, readers, index) -> Layout:
