@@ -411,7 +411,6 @@ def test_summaries_outlive_their_tiles(mount_fs, ov_source):
     m = mount_fs(ov_source, "--workers", "2", "--cache-size", "1M", "--tile-seconds", "10")
     folder = m.root / "ov.mefd"
     info = info_of(folder)
-    by_name = {c["name"]: c for c in info["channels"]}
     levels = [(g, lv) for g in info["grids"] for lv in g["overview_files"] if lv["decimation"] >= 100]
     assert {lv["decimation"] for _, lv in levels} == {100, 1000}
     first = {lv["file"]: np.load(folder / lv["file"]) for _, lv in levels}
