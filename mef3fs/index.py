@@ -40,10 +40,16 @@ class MetaReaders:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return mef3io.Reader(path, password=password, strict=False)
+        self._open = open_reader
         self._readers = ReaderCache(open_reader, budget=budget)
 
     def get(self, path: str, identity: tuple = ()):
         return self._readers.get(path, identity)
+
+    def fresh(self, path: str):
+        """A reader of its own (not kept): a lenient reader that failed on a segment
+        once skips it for good, and would answer with fewer blocks from then on."""
+        return self._open(path)
 
     def loaded(self, reader, channel: str, t0: float, t1: float) -> None:
         self._readers.loaded(reader, channel, t0, t1)
@@ -198,11 +204,15 @@ class IndexCache:
         ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
         try:
             reader = self._readers.get(tiles.session_path, tiles.identity)
+            if any(p["channel"] == tiles.channel for p in reader.problems):
+                reader = self._readers.fresh(tiles.session_path)
+            before = len(reader.problems)
             starts, ends, digest = read_blocks(reader, tiles.channel, ts, te)
+            failed = [p for p in reader.problems[before:] if p["channel"] == tiles.channel]
+            if failed:              # the lenient reader skipped it and answered without its blocks
+                raise ValueError(failed[0]["reason"])
             self._readers.loaded(reader, tiles.channel, ts, te)
-        except DecodeError:
-            raise
-        except Exception as exc:   # a damaged or vanished index: EIO for this read, said once per read
+        except Exception as exc:   # a damaged or vanished index: EIO for this read
             raise DecodeError(f"{tiles.label}: block index of uUTC {ts:.0f}-{te:.0f} cannot be read: "
                               f"{type(exc).__name__}: {exc}") from None
         table = build_table(tiles, piece, starts, ends, digest)

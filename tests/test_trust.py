@@ -286,3 +286,18 @@ def test_cache_ttl_zero_keeps_tiles(tmp_path, mount_fs):
         os.close(fd)
     stats = read_stats(m)
     assert stats["expired"] == 0 and stats["misses"] == misses and stats["hits"] > 0, stats
+
+
+def test_a_block_index_cut_short_is_eio_not_nan(tmp_path, mount_fs):
+    """A .tidx cut short: mef3io's lenient reader would skip the segment and answer
+    with no blocks (all NaN, status ok); the mount says EIO and reads the rest."""
+    src = tmp_path / "src"
+    session = build_small_session(src / "t.mefd", 6, seconds=120, channels=("C1", "C2"))
+    (tidx,) = (session / "C2.timd").glob("*.segd/*.tidx")
+    os.truncate(tidx, 1024 + 56 * 3 + 20)               # three whole entries and part of one
+    m = mount_fs(src, "--workers", "1")
+    files = {c["name"]: m.root / "t.mefd" / c["file"] for c in read_info(m.root / "t.mefd")["channels"]}
+    with open(files["C2"], "rb") as f:
+        assert errno_of(f.read) == errno.EIO
+    assert same_bits(np.fromfile(files["C1"], dtype="<f4"), reference(session, "C1"))
+    assert "C2" in m.log_text() and "cannot be read" in m.log_text()
