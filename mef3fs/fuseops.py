@@ -24,7 +24,6 @@ from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, KernelCache, Listing, fuse
 from .decoders import DecodeError
 from .namespace import Namespace, fserror
 from .readahead import ReadAhead
-from .views.files import DynamicFile, GeneratedFile, PlannedFile
 
 log = logging.getLogger("mef3fs.fuse")
 
@@ -225,31 +224,25 @@ class Mef3fsOperations(fuse.Operations):
         node = self.ns.lookup(path)
         if node.kind != "file":
             raise fuse.FuseOSError(errno.EISDIR)
-        file = origin = node.file
-        if hasattr(file, "opened"):                 # SOURCE's own file: a descriptor per handle
-            try:
-                file = file.opened()
-            except OSError as exc:
-                raise fuse.FuseOSError(exc.errno or errno.EIO)
-            fi.direct_io = 0
-        else:
-            if isinstance(file, (DynamicFile, GeneratedFile, PlannedFile)):
-                try:
-                    file = file.snapshot()
-                except DecodeError as exc:
-                    log.error("EIO opening %s: %s", path, exc)
-                    raise fuse.FuseOSError(errno.EIO)
-            if getattr(origin, "direct_io", False):     # a planned file knows only once made
-                fi.direct_io = 1
-            else:
-                # The kernel keeps a file's pages from open to open, unless told not to:
-                # not when they may come from another generation of its session.
-                # (the file itself too: info.json is made again when damage is found)
-                served = (node.session.keyspace, node.session.generation, id(origin)) if node.session else ()
-                fi.keep_cache = int(self._served.get(path, served) == served)
-                self._served[path] = served
+        file = node.file
+        try:
+            served = file.opened()      # the file itself, or bytes made for this open
+        except DecodeError as exc:
+            log.error("EIO opening %s: %s", path, exc)
+            raise fuse.FuseOSError(errno.EIO)
+        except OSError as exc:          # SOURCE's own file went away or may not be read
+            raise fuse.FuseOSError(exc.errno or errno.EIO)
+        if file.direct_io:              # asked after opened(): a planned file knows only once made
+            fi.direct_io = 1
+        elif file.keep_cache:
+            # The kernel keeps a file's pages from open to open, unless told not to:
+            # not when they may come from another generation of its session, or an
+            # earlier file at this path (info.json is made again when damage is found).
+            token = (node.session.keyspace, node.session.generation, id(file)) if node.session else ()
+            fi.keep_cache = int(self._served.get(path, token) == token)
+            self._served[path] = token
         fh = next(self._fh)
-        self._handles[fh] = _Handle(file, ReadAhead(file, self.engine.cache, self.readahead_bytes),
+        self._handles[fh] = _Handle(served, ReadAhead(served, self.engine.cache, self.readahead_bytes),
                                     node.session, node.rel)
         if node.session is not None:
             self.ns.opened(node.session)
@@ -322,8 +315,7 @@ class Mef3fsOperations(fuse.Operations):
                 handle.readahead.close()
             if handle.session is not None:
                 self.ns.closed(handle.session)
-            if hasattr(handle.file, "close"):
-                handle.file.close()
+            handle.file.close()
         return 0
 
     # -- everything that would change something ----------------------------

@@ -10,11 +10,11 @@ import os
 
 import numpy as np
 
+from .views.files import File
 
-class PassthroughFile:
-    keep_cache = False
-    direct_io = False
-    xattrs: dict = {}
+
+class PassthroughFile(File):
+    keep_cache = False          # it may change: the kernel drops its pages at every open
 
     def __init__(self, real: str, label: str = ""):
         self.real = real
@@ -29,10 +29,8 @@ class PassthroughFile:
         return _OpenFile(os.open(self.real, os.O_RDONLY | os.O_CLOEXEC), self.label)
 
 
-class _OpenFile:
+class _OpenFile(File):
     keep_cache = False
-    direct_io = False
-    xattrs: dict = {}
 
     def __init__(self, fd: int, label: str):
         self.fd = fd
@@ -44,9 +42,6 @@ class _OpenFile:
 
     def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
         return os.preadv(self.fd, [dest], offset)
-
-    def prefetch(self, cache, lo: int, hi: int):
-        return ()
 
     def close(self) -> None:
         os.close(self.fd)

@@ -358,7 +358,7 @@ def test_enormous_marker_lists(tmp_path, monkeypatch):
     readers = MetaReaders("")
     opener = Opener("", 10, readers, IndexCache(readers, 1 << 24, Stats()))
     session = opener.open(str(path), str(path), identity=session_identity(str(path)))
-    text = session.files["brainvision/256Hz.vmrk"].snapshot().data.decode("utf-8")
+    text = session.files["brainvision/256Hz.vmrk"].opened().data.decode("utf-8")
     marks = parse_vmrk(text)
     bad = [(pos - 1, pos - 1 + size) for _, kind, _, pos, size, _, _ in marks if kind == "Bad Interval"]
     assert len(bad) >= 599 and bad == spans(np.isnan(reference(path, "A")))

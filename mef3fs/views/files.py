@@ -1,7 +1,8 @@
 """The kinds of file a session folder holds, and what the FUSE layer asks of them.
 
-Every file has `size`, `keep_cache`, `xattrs`, `label` and
-`read_into(cache, offset, dest) -> count`; files over tiles also have
+Every file is a `File`: `size`, `keep_cache`, `direct_io`, `xattrs`, `label`,
+`opened()` (what the reads of one open go to: the file itself, or bytes made
+for that open), `read_into(cache, offset, dest) -> count` and
 `prefetch(cache, lo, hi)`. A `SignalFile` is an optional header followed by
 one or more channels' float32 samples back to back, read through the
 shared tiles, so no view ever decodes twice. `StaticFile` holds bytes made
@@ -30,11 +31,25 @@ def npy_header(shape: tuple, descr: str = "<f4") -> bytes:
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
 
 
-class StaticFile:
-    keep_cache = True
-    direct_io = False
+class File:
+    """What every file of the mount is to the FUSE layer (fuseops.py)."""
+    keep_cache = True      # the kernel may keep its pages from one open to the next
+    direct_io = False      # reads go by content, not by the size the kernel was told
     xattrs: dict = {}
+    label = ""
 
+    def opened(self) -> "File":
+        """What the reads of one open go to (closed at release)."""
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def prefetch(self, cache, lo: int, hi: int):
+        return ()
+
+
+class StaticFile(File):
     def __init__(self, data: bytes, label: str = ""):
         self.data = data
         self.label = label
@@ -48,15 +63,11 @@ class StaticFile:
         dest[:len(piece)] = np.frombuffer(piece, dtype=np.uint8)
         return len(piece)
 
-    def prefetch(self, cache, lo: int, hi: int):
-        return ()
 
-
-class DynamicFile:
+class DynamicFile(File):
     """Content made anew at each open (the stats file); served with direct_io."""
     keep_cache = False
     direct_io = True
-    xattrs: dict = {}
 
     def __init__(self, make, label: str = ""):
         self._make = make
@@ -66,17 +77,16 @@ class DynamicFile:
     def size(self) -> int:
         return len(self._make())
 
-    def snapshot(self) -> StaticFile:
+    def opened(self) -> StaticFile:
         return StaticFile(self._make(), self.label)
 
 
-class GeneratedFile:
+class GeneratedFile(File):
     """Bytes made on first open and kept. Until then its size is unknown and
     stated as 0 (as /proc does); it is served with direct_io, so reads go by
     the content, not by a size the kernel cached before it was made."""
     keep_cache = False
     direct_io = True
-    xattrs: dict = {}
 
     def __init__(self, make, label: str = ""):
         self._make = make
@@ -92,14 +102,14 @@ class GeneratedFile:
     def made(self) -> bool:
         return self._data is not None
 
-    def snapshot(self) -> StaticFile:
+    def opened(self) -> StaticFile:
         with self._lock:
             if self._data is None:
                 self._data = self._make()
         return StaticFile(self._data, self.label)
 
 
-class PlannedFile:
+class PlannedFile(File):
     """Bytes made on open, of a size known from metadata before (a block
     envelope, a picture): listed with that size and served like a static file
     (page cache, memmap). Up to KEEP bytes are kept once made (unless
@@ -109,8 +119,6 @@ class PlannedFile:
     size and is served with direct_io, so no reader is cut short at the size
     the kernel was told at listing."""
     KEEP = 1 << 20
-    keep_cache = True
-    xattrs: dict = {}
 
     def __init__(self, size: int, make, label: str = "", keep: bool = True):
         self.planned = int(size)
@@ -129,7 +137,7 @@ class PlannedFile:
     def direct_io(self) -> bool:
         return self._made is not None and self._made != self.planned
 
-    def snapshot(self) -> StaticFile:
+    def opened(self) -> StaticFile:
         with self._lock:
             data = self._data
             if data is None:
@@ -140,10 +148,8 @@ class PlannedFile:
         return StaticFile(data, self.label)
 
 
-class SignalFile:
+class SignalFile(File):
     __slots__ = ("rows", "in_step", "header", "label", "xattrs", "n", "row_bytes", "size")
-    keep_cache = True
-    direct_io = False
 
     def __init__(self, rows: list, header: bytes = b"", label: str = "", xattrs=None, in_step=None):
         self.rows = rows            # tiles.ChannelTiles, one per channel, back to back

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..summaries import STEP, reduce_bins, store_of, summarize
-from .files import npy_header
+from .files import File, npy_header
 from .layout import Layout
 
 MAX_BINS = 4096
@@ -35,10 +35,7 @@ def decimations(n: int) -> list[int]:
         k *= 10
 
 
-class MinMaxFile:
-    keep_cache = True
-    direct_io = False
-    xattrs: dict = {}
+class MinMaxFile(File):
 
     def __init__(self, rows: list, n: int, k: int, label: str = ""):
         self.rows, self.n, self.k, self.label = rows, n, k, label

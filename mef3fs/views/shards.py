@@ -19,13 +19,13 @@ import functools
 
 import numpy as np
 
-from .files import SignalFile
+from .files import File, SignalFile
 
 INDEX_ENTRY = 16                    # (offset, nbytes), uint64 each
 NAN32 = np.array([np.nan], dtype="<f4").view(np.uint8)
 
 
-class Shard:
+class Shard(File):
     """`count` inner chunks of `chunk_bytes`, then their index; subclasses fill the run."""
 
     # Through the page cache, like the channel files: re-reads never reach the
@@ -33,10 +33,6 @@ class Shard:
     # chunk's read to its own pages, so a slice decodes what direct_io would
     # (measured: docs/scale-out.md). A whole-shard read (a task of a whole
     # channel) is a sequential stream that read-ahead decodes in parallel.
-    keep_cache = True
-    direct_io = False
-    xattrs: dict = {}
-
     def __init__(self, count: int, chunk_bytes: int, label: str = ""):
         self.count = count
         self.chunk_bytes = chunk_bytes
