@@ -60,6 +60,20 @@ class FUSE(fuse.FUSE):
     libfuse up to 3.15 drops the attributes of entries given without offsets,
     so entries carry their position as offset and a listing resumes there."""
 
+    def opendir(self, path, fip):
+        """A folder the operations say does not change (a session's, while it is
+        the same) is listed once and then kept by the kernel, as pages of a file
+        are (cache_readdir + keep_cache; dropped when the session changes).
+        libfuse passes these flags on from 3.16 (Debian 12 has 3.14, which drops
+        them: there every listing reaches readdir_fuse_3)."""
+        fh, stable = self.operations.opendir_cached(path.decode(self.encoding, self.errors))
+        fi = fip.contents
+        fi.fh = fh
+        if stable and fuse.fuse_version_major >= 3 and hasattr(fi, "cache_readdir"):
+            fi.cache_readdir = 1
+            fi.keep_cache = 1
+        return 0
+
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         listing = self.operations.readdir_entries(path.decode(self.encoding, self.errors), fip.contents.fh)
         entries = listing.structs(self)

@@ -153,10 +153,16 @@ class Mef3fsOperations(fuse.Operations):
     def getattr(self, path, fh=None):
         return self.attrs_of(self.ns.lookup(path))
 
-    def opendir(self, path):
+    def opendir_cached(self, path) -> tuple[int, bool]:
+        """(handle, whether the kernel may keep the listing): a session's folders do
+        not change while it is the same session (refresh drops the kernel's copy);
+        SOURCE's folders may, at any time."""
         fh = next(self._fh)
-        self._dirs[fh] = self.ns.lookup(path)
-        return fh
+        node = self._dirs[fh] = self.ns.lookup(path)
+        return fh, node.kind == "sessiondir"
+
+    def opendir(self, path):
+        return self.opendir_cached(path)[0]
 
     def readdir_entries(self, path, fh) -> Listing:
         """Every entry with its attributes, listed once per open folder (a

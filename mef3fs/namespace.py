@@ -17,6 +17,7 @@ import collections
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -92,8 +93,15 @@ class Namespace:
         return real == self.source or real.startswith(self.source.rstrip("/") + "/")
 
     def _child(self, folder: str, name: str) -> str | None:
-        """Real path of an entry of a SOURCE folder, or None if it leads outside SOURCE."""
+        """Real path of an entry of a SOURCE folder (itself a real path), or None if
+        it leads outside SOURCE. Only a symbolic link needs resolving: one lstat
+        instead of realpath's walk of every component (the cost of a lookup)."""
         path = os.path.join(folder, name)
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                return path
+        except OSError:
+            return path                # not there: the caller's stat says so
         real = os.path.realpath(path)
         return real if self._inside(real) else None
 
@@ -237,6 +245,22 @@ class Namespace:
         with self._lock:
             roots = sorted(self._mount_paths.get(real, ()))
         return [root + "/" + rel for root in roots for rel in rels]
+
+    def changed_since_read(self, session: Session) -> bool:
+        """Does the session on disk differ from its metadata as read (channels,
+        segments, their blocks and samples)? A fresh reader's answer."""
+        if not session.ok:
+            return False
+        try:
+            reader = self._opener.readers.fresh(session.path)
+            now = {n: [(s["segment"], s["start_time"], s["end_time"], s["number_of_samples"],
+                        s["number_of_blocks"]) for s in reader.segments(n)] for n in reader.channels}
+        except Exception:
+            return True
+        then = {c.name: [(s["segment"], s["start_time"], s["end_time"], s["number_of_samples"],
+                          s["number_of_blocks"]) for s in c.segments] for c in session.meta.channels}
+        return any(now.get(name) != segs for name, segs in then.items()) or \
+            bool(set(now) - set(then) - {d["name"] for d in session.meta.left_out})
 
     def _same_blocks(self, old: Session, new: Session) -> bool:
         try:

@@ -84,10 +84,13 @@ def signature(path: str) -> Signature:
     return Signature(out)
 
 
-def grew(old: Signature, new: Signature) -> bool:
-    """Is `new` the same session as `old` with more written to it? Every data
-    and index file still the same file, none shorter (metadata and record
-    files are rewritten by writers, and may come and go)."""
+def grew(old: Signature | None, new: Signature) -> bool:
+    """Could `new` be the same session as `old` with more written to it? Every data
+    and index file still the same file, none shorter (metadata and record files
+    are rewritten by writers, and may come and go). Without an old signature
+    (never in use), only the blocks read from it can tell (index.still_the_same)."""
+    if old is None:
+        return True
     old, new = old.files(), new.files()
     for name, (ino, size, _) in old.items():
         if name.endswith(GROWING) or name == "":
@@ -141,7 +144,13 @@ class Refresher:
                 sig = signature(session.path)
             except OSError:
                 continue           # gone: the next lookup says ENOENT
-            if sig != session.signature:
+            if session.signature is None:
+                # first in use: is it still what was read at listing? (then watch from here)
+                if self._ns.changed_since_read(session):
+                    self._ns.refresh(session, sig)
+                else:
+                    session.signature = sig
+            elif sig != session.signature:
                 self._ns.refresh(session, sig)      # which calls drop_cached (on_changed)
         with self._lock:
             pending, self._pending = self._pending, []

@@ -37,7 +37,7 @@ class Session:
     identity: tuple = ()          # (device, inode, mtime) of the folder or archive when read
     generation: int = 0
     epoch: int = 0
-    signature: object = None      # refresh.Signature when read
+    signature: object = None      # refresh.Signature once in use (None: not taken yet)
     meta: object = None           # meta.SessionMeta
     files: dict = field(default_factory=dict)    # relative path -> file object
     dirs: dict = field(default_factory=dict)     # relative dir path -> sorted entry names
@@ -112,12 +112,10 @@ class Opener:
         why. `previous` is the session this one replaces when it grew:
         pieces that did not change keep their tiles.
         """
-        from .refresh import Signature, signature as take_signature
-        session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch)
-        try:
-            session.signature = signature if signature is not None else take_signature(path)
-        except OSError:
-            session.signature = Signature({})
+        # The signature (refresh.py) costs a stat of every file: a listing must not
+        # pay it. It is taken when the session is first in use, or was just now.
+        session = Session(path, shown_path, identity=identity, generation=generation, epoch=epoch,
+                          signature=signature)
         try:
             _check_readable(path)
             open_path, decode_identity, denied = path, session.decode_identity, []
