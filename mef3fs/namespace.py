@@ -35,14 +35,17 @@ SCAN_TTL = 2.0                # seconds a folder's answer is reused
 MAX_SESSIONS = 256            # opened session folders kept; more are opened again when used
 
 
-def session_kind(path: str) -> bool:
+def session_kind(path: str, st: os.stat_result | None = None) -> bool:
     """Is this real path a session? A `.mefd` folder or a `.mefd.tar` file."""
     lower = os.path.basename(path).lower()
-    if lower.endswith(".mefd"):
-        return os.path.isdir(path)
-    if lower.endswith(".mefd.tar"):
-        return os.path.isfile(path)
-    return False
+    if not lower.endswith((".mefd", ".mefd.tar")):
+        return False
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+    return stat.S_ISDIR(st.st_mode) if lower.endswith(".mefd") else stat.S_ISREG(st.st_mode)
 
 
 def fserror(code: int) -> OSError:
@@ -145,13 +148,18 @@ class Namespace:
                 shown.append((name, real))
         return shown
 
-    def _shown(self, real: str) -> bool:
+    def _shown(self, real: str, st: os.stat_result | None = None) -> bool:
         """Is this entry of a SOURCE folder (resolved inside SOURCE) shown?"""
-        if session_kind(real):
+        if st is None:
+            try:
+                st = os.stat(real)
+            except OSError:
+                return False
+        if session_kind(real, st):
             return True
         if self.sessions_only:
-            return os.path.isdir(real) and self._leads_to_session(real)
-        return os.path.isdir(real) or os.path.isfile(real)
+            return stat.S_ISDIR(st.st_mode) and self._leads_to_session(real)
+        return stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)
 
     # -- sessions -----------------------------------------------------------
 
@@ -315,26 +323,26 @@ class Namespace:
             if real is None:
                 raise fserror(errno.ENOENT)
             try:
-                os.stat(real)
+                st = os.stat(real)
             except PermissionError:
                 self._warn_once(folder, f"cannot read folder {self._display(folder)}: permission denied")
                 raise fserror(errno.EACCES)
             except OSError:
                 raise fserror(errno.ENOENT)
-            if session_kind(real):
-                return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]))
-            if not self._shown(real):
+            if session_kind(real, st):
+                return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]), st)
+            if not self._shown(real, st):
                 raise fserror(errno.ENOENT)
-            if not os.path.isdir(real):            # one of SOURCE's own files
+            if not stat.S_ISDIR(st.st_mode):         # one of SOURCE's own files
                 if i + 1 < len(parts):
                     raise fserror(errno.ENOTDIR)
                 return Node("file", real=real, file=PassthroughFile(real, self._display(real)))
             folder = real
         return Node("dir", real=folder)
 
-    def _in_session(self, real: str, parts: list[str], mount_path: str) -> Node:
+    def _in_session(self, real: str, parts: list[str], mount_path: str, st=None) -> Node:
         try:
-            identity = session_identity(real)
+            identity = session_identity(real, st)
         except OSError:                        # removed or renamed while mounted
             self.forget(real)
             raise fserror(errno.ENOENT)

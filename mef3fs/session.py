@@ -174,7 +174,7 @@ def _error_info(session: Session) -> dict:
             "status": "error", "error": session.error, "channels": [], "files": ["info.json"]}
 
 
-def session_identity(real: str) -> tuple:
+def session_identity(real: str, st: os.stat_result | None = None) -> tuple:
     """What tells a session from another one later put at the same path."""
-    st = os.stat(real)
+    st = st if st is not None else os.stat(real)
     return st.st_dev, st.st_ino, st.st_mtime_ns
