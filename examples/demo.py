@@ -28,14 +28,20 @@ def main() -> int:
     run(MEF3FS, SOURCE, mnt)                      # returns once the mount is ready
     try:
         session = os.path.join(mnt, "sub-01", "ses-1", "night1.mefd")
-        run("ls", "-lR", mnt)
+        run("ls", "-l", session)
         with open(os.path.join(session, "info.json")) as f:
             info = json.load(f)
+        with open(os.path.join(session, info["gaps_file"])) as f:   # made from the block index when read
+            gaps = {c["name"]: c["gaps"] for c in json.load(f)["channels"]}
         print(f"\nsession {info['session']}: {info['duration_s']:.1f} s, "
               f"{len(info['channels'])} channels")
         for ch in info["channels"]:
             print(f"  {ch['file']:>12}  {ch['sampling_frequency']:g} Hz  "
-                  f"{ch['number_of_samples']} samples  {len(ch['gaps'])} gap(s)  [{ch['units']}]")
+                  f"{ch['number_of_samples']} samples  {len(gaps[ch['name']])} gap(s)  [{ch['units']}]")
+        g = info["grids"][0]
+        print(f"\nviews of the {g['sampling_frequency']:g} Hz channels: {g['npy_file']}, "
+              f"{g['brainvision_file']} (MNE, EEGLAB, FieldTrip), {info['zarr_store']}{g['zarr_array']} "
+              f"(xarray, dask), {len(g['overview_files'])} min-max levels, {info['preview_file']}")
 
         ch = next(c for c in info["channels"] if c["name"] == "LA1")
         path = os.path.join(session, ch["file"])
