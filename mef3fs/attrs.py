@@ -18,7 +18,8 @@ uses `default_permissions`, so the kernel enforces the modes reported here:
   The umask is 077 (only that user) unless `-o umask=M` says otherwise.
 
 Stats of the source are reused for SOURCE_TTL seconds (the kernel itself
-trusts ours for the mount's attr_timeout).
+trusts ours for the mount's attr_timeout); so are folder listings that carry
+attributes (readdirplus), see `fresh`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class _Walk:
         self.top: list = [(self.base, READ if self.archive else ENTER)]
         self._folders: dict[str, str] = {}        # channel folder name, lower case -> path
         self._trees: dict[str, list] = {}
+        self.answers: dict[tuple, tuple] = {}     # (session identity, channels) -> owner, bits, times
         if self.archive:
             return
         try:
@@ -176,19 +178,28 @@ class Attributes:
     def _decoded(self, node, session) -> dict:
         walk = self._walk(session.path)
         rows = getattr(node.file, "rows", None) if node.kind == "file" else None
-        channels = sorted({t.channel for t in rows}) if rows else []
-        chain = walk.chain(channels)
-        # a channel's data changes with its own files; session metadata (info.json, ...)
-        # with any channel's
-        times = _newest(st for st, _ in (chain[1:] if channels and len(chain) > 1
-                                         else walk.everything()))
-        if self._locked(session):
-            owner, bits = (self.uid, self.gid), 0o444 & ~self.umask
-        else:
-            owner, bits = (walk.base.st_uid, walk.base.st_gid), _readers(walk.base, chain)
+        channels = tuple(sorted({t.channel for t in rows})) if rows else ()
+        key = (getattr(session, "identity", ()), channels)
+        known = walk.answers.get(key)
+        if known is None:
+            chain = walk.chain(channels)
+            # a channel's data changes with its own files; session metadata (info.json,
+            # ...) with any channel's
+            times = _newest(st for st, _ in (chain[1:] if channels and len(chain) > 1
+                                             else walk.everything()))
+            if self._locked(session):
+                owner, bits = (self.uid, self.gid), 0o444 & ~self.umask
+            else:
+                owner, bits = (walk.base.st_uid, walk.base.st_gid), _readers(walk.base, chain)
+            known = walk.answers[key] = (owner, bits, times)
+        owner, bits, times = known
         if node.kind == "file":
             return self._make(stat.S_IFREG | bits, node.file.size, None, times, 1, owner)
         return self._make(stat.S_IFDIR | _enter(bits), 0, None, times, 2, owner)
+
+    def fresh(self, made: float) -> bool:
+        """Is what was answered at time.monotonic() `made` still what the source says?"""
+        return time.monotonic() - made <= self.ttl
 
     def _locked(self, session) -> bool:
         """An encrypted session that the password opened: its decoded files are the mounter's."""

@@ -168,7 +168,7 @@ class Mef3fsOperations(fuse.Operations):
         if node.kind == "sessiondir":
             session = node.session = node.session or self.ns.session(node.real)
         listing = session.listings.get(node.rel) if session is not None else None
-        if listing is None:
+        if listing is None or not self.attrs.fresh(listing.made):    # owners, modes may change
             listing = Listing([(".", None, None), ("..", None, None)] + [
                 (name, self.attrs_of(c), c.file) for name, c in self.ns.entries(node)])
             if session is not None:

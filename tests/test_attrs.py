@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -153,3 +154,26 @@ def test_bad_umask_is_refused_before_mounting(tmp_path, source, value):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mef3fs: error: -o umask="), out.stderr
     assert str(mp) not in mounted_paths()
+
+
+def test_changes_in_source_show_after_the_kernels_timeout(mount_fs, tmp_path):
+    """chmod and new data in SOURCE while mounted: the mount says so once the kernel
+    asks again (attr_timeout), also after a listing (readdirplus carries attributes)."""
+    from mef3fs.attrs import SOURCE_TTL
+    from mef3fs.cli import ATTR_TIMEOUT
+    src = tmp_path / "src"
+    session = build_small_session(src / "s.mefd", 5152, seconds=4, channels=("C1", "C2"))
+    root = mount_fs(src).root
+    s = root / "s.mefd"
+    for entry in os.scandir(s):              # a listing with attributes, as ls -l does
+        entry.stat()
+    assert stat.S_IMODE(st(s / "C2.f32").st_mode) == 0o444
+    os.chmod(session / "C2.timd", 0o700)
+    later = time.time_ns() + 3600 * 10**9      # newer than anything there: new data
+    set_time(next((session / "C1.timd").rglob("*.tdat")), later)
+    time.sleep(ATTR_TIMEOUT + SOURCE_TTL + 0.5)
+    for entry in os.scandir(s):
+        entry.stat()
+    assert stat.S_IMODE(st(s / "C2.f32").st_mode) == 0o400
+    assert stat.S_IMODE(st(s / "rates" / "256Hz.npy").st_mode) == 0o400
+    assert st(s / "C1.f32").st_mtime_ns == later
