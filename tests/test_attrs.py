@@ -38,7 +38,7 @@ def tree(path):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """sub/ (old), sub/s.mefd (its own time, owner and mode; C1's newest file is its
-    .tdat, C2's folder is the owner's only), sub/a.mefd.tar (0640)."""
+    .tdat, C2's folder is the owner's only), sub/a.mefd.tar (0640), a sidecar file."""
     src = tmp_path_factory.mktemp("attrs") / "source"
     sub = src / "sub"
     sub.mkdir(parents=True)
@@ -55,6 +55,11 @@ def source(tmp_path_factory):
     set_time(session, T_SESSION)
     os.chmod(sub / "a.mefd.tar", 0o640)
     set_time(sub / "a.mefd.tar", T_TAR)
+    sidecar = sub / "sub-01_channels.tsv"            # one of SOURCE's own files, shown as it is
+    sidecar.write_text("name\ttype\nC1\tSEEG\n")
+    os.chown(sidecar, ODD_UID, ODD_GID)
+    os.chmod(sidecar, 0o4751)                        # setuid and w go, x stays
+    set_time(sidecar, T_TAR)
     set_time(sub, T_SUB)
     return src
 
@@ -108,6 +113,14 @@ def test_archive_session_is_a_folder_whoever_may_read_it_may_enter(mounted, sour
         assert stat.S_IMODE(f.st_mode) == 0o440, name
         assert f.st_mtime_ns == T_TAR, name
         assert (f.st_uid, f.st_gid) == (tar.st_uid, tar.st_gid)
+
+
+def test_sources_own_files_keep_owner_mode_and_times(mounted, source):
+    want, got = st(source / "sub/sub-01_channels.tsv"), st(mounted / "sub/sub-01_channels.tsv")
+    assert stat.S_ISREG(got.st_mode)
+    assert stat.S_IMODE(got.st_mode) == 0o551
+    assert (got.st_uid, got.st_gid, got.st_size) == (ODD_UID, ODD_GID, want.st_size)
+    assert got.st_mtime_ns == want.st_mtime_ns == T_TAR
 
 
 def test_the_mounts_own_stats_file(mounted):

@@ -46,6 +46,7 @@ class World:
     private.mefd     0700
     team/team.mefd   0750, group = bob's group
     enc.mefd         0755, encrypted (alice has the password)
+    README           0644 and notes.txt 0600: SOURCE's own files, shown as they are
     """
 
     def __init__(self, base: Path, python: Path):
@@ -62,6 +63,8 @@ class World:
             enc = build_encrypted(tmp)
             shutil.copytree(enc.session, src / "enc.mefd")
             self.password = enc.password2
+        (src / "README").write_text("a study\n")
+        (src / "notes.txt").write_text("alice's notes\n")
         self.password_file = base / "password.txt"
         self.password_file.write_text(self.password + "\n")
         chown_tree(src, self.alice)
@@ -71,6 +74,7 @@ class World:
         for path in src.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         (src / "shared.mefd" / "C2.timd").chmod(0o700)
+        (src / "notes.txt").chmod(0o600)
         (src / "private.mefd").chmod(0o700)
         for path in (src / "team").rglob("*"):
             path.chmod(0o750 if path.is_dir() else 0o640)
@@ -81,6 +85,8 @@ class World:
             "private.mefd/P1.f32": sha256(reference_bytes(str(src / "private.mefd"), "P1")),
             "team/team.mefd/T1.f32": sha256(reference_bytes(str(src / "team" / "team.mefd"), "T1")),
             "enc.mefd/E1.f32": sha256(reference_bytes(str(src / "enc.mefd"), "E1", self.password)),
+            "README": sha256((src / "README").read_bytes()),
+            "notes.txt": sha256((src / "notes.txt").read_bytes()),
         }
         self._n = 0
         self.mounts: list[UserMount] = []
@@ -125,8 +131,8 @@ def test_ordinary_user_mounts_through_fusermount3(world):
         assert f"user_id={world.alice.uid}" in opts, opts
         got = probe(world.alice, "read", m.root / "shared.mefd" / "C1.f32")
         assert got == world.want["shared.mefd/C1.f32"]
-        assert probe(world.alice, "list", m.root) == 'names:[".mef3fs-stats.json", "enc.mefd", ' \
-            '"private.mefd", "shared.mefd", "team"]'
+        assert probe(world.alice, "list", m.root) == 'names:[".mef3fs-stats.json", "README", ' \
+            '"enc.mefd", "notes.txt", "private.mefd", "shared.mefd", "team"]'
         assert probe(world.bob, "stat", m.root) == "EACCES"     # FUSE: the mounter's only
         assert m.unmount() == 0
 
@@ -167,6 +173,10 @@ def test_two_users_see_what_the_source_lets_them(world):
         # not the private session: not even its listing
         assert probe(bob, "list", root / "private.mefd") == "EACCES"
         assert probe(bob, "read", root / "private.mefd/P1.f32") == "EACCES"
+        # SOURCE's own files: his to read where the source's modes say so
+        assert probe(bob, "read", root / "README") == world.want["README"]
+        assert probe(bob, "read", root / "notes.txt") == "EACCES"
+        assert probe(bob, "stat", root / "notes.txt") == f"stat:100400:{alice.uid}:{alice.gid}"
         # the team folder, through his group
         assert probe(bob, "read", root / "team/team.mefd/T1.f32") == world.want["team/team.mefd/T1.f32"]
         # owners and modes as in SOURCE, write bits dropped
