@@ -93,6 +93,10 @@ def test_decoded_files_follow_their_sources(mounted, source):
     assert stat.S_IMODE(st(s / "C2.npy").st_mode) == 0o400
     assert stat.S_IMODE(st(s / "rates" / "256Hz.npy").st_mode) == 0o400   # holds C2
     assert stat.S_IMODE(st(s / "info.json").st_mode) == 0o444
+    # views that summarise channels: as the channels they are made from
+    assert stat.S_IMODE(st(s / "overview/blocks/C1.npy").st_mode) == 0o444
+    assert stat.S_IMODE(st(s / "overview/blocks/C2.npy").st_mode) == 0o400
+    assert stat.S_IMODE(st(s / "preview.png").st_mode) == 0o400
     assert stat.S_IMODE(st(s / "rates").st_mode) == 0o555
     # times: the newest of the channel's own files; session metadata: of all
     assert c1.st_mtime_ns == T_C1_NEWEST
