@@ -82,9 +82,10 @@ def _count(text: str) -> int:
     return value
 
 
-# -o options we pass to libfuse. Anything else is refused before mounting: a
-# typo would otherwise reach libfuse, which fails with lines of its own, and
-# some options (rw, direct_io) would break what the mount promises.
+# -o options we pass to libfuse (but umask, which is mef3fs's own: attrs.py).
+# Anything else is refused before mounting: a typo would otherwise reach
+# libfuse, which fails with lines of its own, and some options (rw,
+# direct_io) would break what the mount promises.
 FUSE_OPTIONS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "nosuid", "nodev",
     "noexec", "noatime", "fsname", "subtype", "uid", "gid", "umask", "max_read", "attr_timeout",
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="store_true",
                    help="log every FUSE call and cache decision (implies -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="FUSE mount options, e.g. allow_other")
+                   help="FUSE mount options, e.g. allow_other; umask=M (octal): who may read "
+                   "what an encrypted session decodes to (default 077: only you)")
     p.add_argument("--decoder", choices=DECODERS, default="mef3io", help="default: mef3io")
     p.add_argument("--sessions-only", action="store_true",
                    help="show only sessions and the folders leading to them, not SOURCE's own "
@@ -240,6 +242,18 @@ def mount_warnings(namespace, args, no_password: str) -> list[str]:
     return out
 
 
+def _umask(args) -> int | None:
+    """`-o umask=M` is ours, not libfuse's (which would override every mode): see attrs.py."""
+    from .attrs import parse_umask
+    value = fuse_options(args.options).get("umask")
+    if value is None:
+        return None
+    try:
+        return parse_umask(value)
+    except ValueError as exc:
+        raise UsageError(str(exc))
+
+
 def _setup_logging(args) -> None:
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -262,6 +276,7 @@ def main(argv=None) -> int:
         _check_apart(source, mountpoint, host)
         password, no_password = _password(args)
         fuse_options(args.options)
+        args.umask = _umask(args)
         if args.log_file:
             open(args.log_file, "a").close()
     except UsageError as exc:
@@ -290,6 +305,7 @@ def _tell_stderr(warnings: list[str]) -> None:
 def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_password: str,
         on_ready) -> int:
     """Mount and serve until unmounted or signalled; libfuse owns SIGINT/SIGTERM/SIGHUP."""
+    from .attrs import Attributes
     from .fuselib import FUSE, fuse
     from .engine import Engine
     from .fuseops import DebugOperations, Mef3fsOperations
@@ -318,7 +334,8 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     refresher = Refresher(namespace, args.refresh, None)
     namespace.on_changed = refresher.drop_cached
     ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher,
-                    startup=lambda: mount_warnings(namespace, args, no_password))
+                    startup=lambda: mount_warnings(namespace, args, no_password),
+                    attrs=Attributes(password, getattr(args, "umask", None)))
     refresher.invalidate = ops.kernel.invalidate
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
@@ -326,7 +343,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     if fuse.fuse_version_major == 3:
         # libfuse 3.14's default (-1) is reported as invalid on every mount
         options["max_idle_threads"] = 10
-    options.update(fuse_options(args.options))
+    options.update((k, v) for k, v in fuse_options(args.options).items() if k != "umask")
     log.info("mounting %s at %s", args.source, mountpoint)
     try:
         FUSE(ops, mountpoint, foreground=True, nothreads=False, raw_fi=True, **options)

@@ -14,6 +14,7 @@ if not (os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 import ctypes  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import mfusepy as fuse  # noqa: E402
@@ -28,11 +29,12 @@ class Listing:
     """A folder's entries as readdir hands them to the kernel: (name, attributes, file),
     turned into C structs once, however often the folder is listed."""
 
-    __slots__ = ("entries", "_structs")
+    __slots__ = ("entries", "_structs", "made")
 
     def __init__(self, entries: list):
         self.entries = entries          # (name, attrs dict or None, file or None)
         self._structs = None
+        self.made = time.monotonic()    # its attributes are the source's as of then
 
     def names(self) -> list[str]:
         return [name for name, _, _ in self.entries]

@@ -13,21 +13,19 @@ import itertools
 import logging
 import os
 import signal
-import stat
 import threading
-import time
 
 import numpy as np
 
 from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, KernelCache, Listing, fuse
 
+from .attrs import BLOCK, Attributes
 from .decoders import DecodeError
 from .namespace import Namespace, fserror
 from .readahead import ReadAhead
 
 log = logging.getLogger("mef3fs.fuse")
 
-BLOCK = 4096
 KERNEL_READAHEAD = 32 << 10
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
@@ -74,8 +72,9 @@ class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
     def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None,
-                 startup=lambda: []):
+                 startup=lambda: [], attrs: Attributes | None = None):
         self.ns = namespace
+        self.attrs = attrs or Attributes()
         self.engine = engine
         self.readahead_bytes = readahead_bytes
         self.on_ready = on_ready        # on_ready(warnings): the mount is up (daemon.py tells the caller)
@@ -87,8 +86,6 @@ class Mef3fsOperations(fuse.Operations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict = {}      # open folder -> its node, then its Listing once listed
         self._fh = itertools.count(1)
-        self._mounted_at = time.time_ns()
-        self._uid, self._gid = os.getuid(), os.getgid()
 
     # -- life cycle: pools start here, after any fork, and end in destroy ---
 
@@ -139,16 +136,9 @@ class Mef3fsOperations(fuse.Operations):
 
     # -- metadata -----------------------------------------------------------
 
-    def _attrs(self, mode: int, size: int = 0, nlink: int = 1) -> dict:
-        t = self._mounted_at
-        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": self._uid,
-                "st_gid": self._gid, "st_atime": t, "st_mtime": t, "st_ctime": t,
-                "st_blksize": BLOCK, "st_blocks": (size + 511) // 512}
-
     def attrs_of(self, node) -> dict:
-        if node.kind == "file":
-            return self._attrs(stat.S_IFREG | 0o444, node.file.size)
-        return self._attrs(stat.S_IFDIR | 0o555, 0, 2)
+        """Owners, modes and times follow SOURCE's (mef3fs/attrs.py)."""
+        return self.attrs.of(node)
 
     def getattr(self, path, fh=None):
         return self.attrs_of(self.ns.lookup(path))
@@ -178,7 +168,7 @@ class Mef3fsOperations(fuse.Operations):
         if node.kind == "sessiondir":
             session = node.session = node.session or self.ns.session(node.real)
         listing = session.listings.get(node.rel) if session is not None else None
-        if listing is None:
+        if listing is None or not self.attrs.fresh(listing.made):    # owners, modes may change
             listing = Listing([(".", None, None), ("..", None, None)] + [
                 (name, self.attrs_of(c), c.file) for name, c in self.ns.entries(node)])
             if session is not None:

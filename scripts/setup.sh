@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Everything mef3fs needs on a fresh Debian/Ubuntu machine, as root:
-# FUSE (libfuse3 + fusermount3), getfattr, GNU Octave for the MATLAB example
-# test (and BioSig, a BrainVision reader, for the BrainVision test), and the
-# Python environment in .venv/. Safe to run again.
+# FUSE (libfuse3 + fusermount3), getfattr, python3 with venv, and the Python
+# environment in .venv/. For the tests (scripts/test.sh): --with-octave, GNU
+# Octave for the MATLAB example (and BioSig, a BrainVision reader, for the
+# BrainVision test); --with-podman, a container engine that builds and runs
+# the Dockerfile (tests/test_image.py). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-3 attr)
-[ "${1:-}" = "--with-octave" ] && packages+=(octave octave-biosig)   # BioSig: a BrainVision reader in Octave
+packages=(python3 python3-venv fuse3 libfuse3-3 attr)
+for arg in "$@"; do
+    case "$arg" in
+        --with-octave) packages+=(octave octave-biosig) ;;   # BioSig: a BrainVision reader in Octave
+        # runc: crun 1.8 refuses hybrid cgroups; catatonit: `run --init`;
+        # mmdebstrap: the image's base where no image registry is reachable
+        --with-podman) packages+=(podman runc catatonit mmdebstrap) ;;
+        *) echo "setup: unknown option $arg (--with-octave, --with-podman)" >&2; exit 2 ;;
+    esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -164,8 +164,9 @@ def add(layout: Layout) -> None:
                             "serving the index's", label, len(env), blocks)
             return npy_bytes(env)
 
-        layout.channel_keys[ch.name]["envelope_file"] = layout.add(
-            rel, PlannedFile(planned_size(blocks), make, label, keep=False))
+        planned = PlannedFile(planned_size(blocks), make, label, keep=False)
+        planned.rows = [ch.tiles]          # what it summarises: its owners and modes (attrs.py)
+        layout.channel_keys[ch.name]["envelope_file"] = layout.add(rel, planned)
     layout.session_keys.setdefault("overview_layout", {})["envelope_file"] = (
         "NPY float64 (n_blocks, 4): start_uutc, end_uutc, min, max of each MEF block in time order, "
         "from the block index (mef3io's block_envelope); min/max in the channel's units, NaN where "

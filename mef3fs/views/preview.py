@@ -173,7 +173,9 @@ def add(layout: Layout) -> None:
         return encode_png(draw(meta, geo, envs), PALETTE, BITS)
 
     size = png_size(WIDTH, geo["height"], BITS, len(PALETTE))
-    layout.add(NAME, PlannedFile(size, make, label))
+    planned = PlannedFile(size, make, label)
+    planned.rows = [c.tiles for c in meta.channels]   # it draws them all: owners, modes (attrs.py)
+    layout.add(NAME, planned)
     layout.session_keys["preview_file"] = NAME
     layout.session_keys["preview"] = geo
     layout.session_keys.setdefault("overview_layout", {})["preview_file"] = (
