@@ -9,9 +9,13 @@ uses `default_permissions`, so the kernel enforces the modes reported here:
   may be entered by whoever may read the archive.
 * A file decoded from a session belongs to the session's owner and group; a
   class of users (owner, group, others) may read it only if that class may
-  read everything it is decoded from: the session folder and, for a
-  channel's files, the channel's folders and files (a matrix: every
-  channel's). Its times are the newest of those sources'.
+  read what it is decoded from: the session folder and, for a channel's
+  files, the channel's folder, its segment folders and their metadata
+  (`.tmet`) files (a matrix: every channel's). Its times are the newest of
+  those: a writer that appends blocks rewrites the segment's `.tmet`. The
+  data and index files are not looked at: nothing else in a listing reads
+  their inodes, and on a cold cache each one is a read from disk (a cold
+  ls -lR of 100 sessions x 64 channels paid 12,800 of them).
 * The decoded files of an encrypted session opened with the password belong
   to the user who mounted it, mode 0444 & ~umask: the password, not the
   source's modes, kept others out, and it is the mounting user's to share.
@@ -24,6 +28,7 @@ attributes (readdirplus), see `fresh`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -32,7 +37,10 @@ import time
 
 BLOCK = 4096
 DEFAULT_UMASK = 0o077          # decoded files of an encrypted session: the mounting user's only
-SOURCE_TTL = 2.0               # seconds a walk of a session's files is reused
+# seconds a walk of a session's files is reused: as long as the kernel trusts what we
+# answered (cli.ATTR_TIMEOUT); shorter re-walked every file of every session on each
+# ls -lR (a warm ls -lR of 100 sessions x 64 channels went from 1 s to 4-5 s)
+SOURCE_TTL = 10.0
 READ, ENTER = 0o4, 0o5         # what reading a file / a folder's files needs: r / r-x
 # stands for what the daemon itself cannot read: mode 0, no times
 _NOBODY = os.stat_result((0,) * 10, {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0})
@@ -107,22 +115,22 @@ class _Walk:
                 continue
 
     def _tree(self, name: str) -> list:
-        """(stat, need) of a channel folder, its segment folders and their files;
-        a part the daemon cannot read itself is read by nobody (mode 0)."""
+        """(stat, need) of a channel folder, its segment folders and their `.tmet`
+        files; a part the daemon cannot read itself is read by nobody (mode 0)."""
         tree = self._trees.get(name)
         if tree is not None:
             return tree
         folder = self._folders[name]
         try:
             tree = [(os.stat(folder), ENTER)]
-            stack = [folder]
-            while stack:
-                for entry in os.scandir(stack.pop()):
-                    if entry.is_dir(follow_symlinks=False):
-                        tree.append((entry.stat(), ENTER))
-                        stack.append(entry.path)
-                    else:
-                        tree.append((entry.stat(), READ))
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    tree.append((entry.stat(), ENTER))
+                    tmet = os.path.join(entry.path, entry.name[:-len(".segd")] + ".tmet")
+                    with contextlib.suppress(FileNotFoundError):
+                        tree.append((os.stat(tmet), READ))
+                elif entry.name.endswith((".rdat", ".ridx")):
+                    tree.append((entry.stat(), READ))
         except OSError:
             tree = [(_NOBODY, READ)]
         self._trees[name] = tree
