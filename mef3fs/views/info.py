@@ -76,7 +76,11 @@ def add(layout: Layout) -> None:
 
 def remade(old: StaticFile, meta) -> StaticFile:
     """info.json again, after damage was found while reading (meta.damaged grew).
-    Made from the old one's bytes: a session does not keep its document twice."""
+    Made from the old one's bytes: a session does not keep its document twice.
+    Served with direct_io: the kernel may still hold the old, shorter size for a
+    while, and a reader must not be cut short at it."""
     doc = json.loads(old.data)
     doc.update(status="partial" if meta.partial else "ok", damaged=list(meta.damaged))
-    return StaticFile(json_bytes(doc), old.label)
+    new = StaticFile(json_bytes(doc), old.label)
+    new.keep_cache, new.direct_io = False, True
+    return new
