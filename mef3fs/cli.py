@@ -82,6 +82,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    from .engine import WORKERS_PER_CPU, cpu_count, max_workers
+    value = _count(text)
+    if value > max_workers():
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than {max_workers()} ({WORKERS_PER_CPU} per CPU, {cpu_count()} CPUs here): "
+            "more decoder processes only compete for the same cores")
+    return value
+
+
 # -o options we pass to libfuse. Anything else is refused before mounting: a
 # typo would otherwise reach libfuse, which fails with lines of its own, and
 # some options (rw, direct_io) would break what the mount promises.
@@ -127,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop tiles idle this long (default 300; 0: never)")
     p.add_argument("--refresh", type=_non_negative_float, default=1.0, metavar="SECONDS",
                    help="how often a session in use is checked for new data (default 1; 0: never)")
-    p.add_argument("--workers", type=_count, default=default_workers(), metavar="N",
-                   help="decoder processes (default: CPU count; 0 decodes in the daemon)")
+    p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
+                   help="decoder processes (default: CPU count; 0 decodes in threads of the daemon)")
     p.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
                    help="largest read-ahead window per sequential stream (default 64M, 0: off)")
     p.add_argument("--host-root", metavar="DIR", default=None,
@@ -136,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sets /host_root)")
     p.add_argument("--log-file", metavar="FILE", help="log here (default: stderr, which a "
                    "daemon closes once mounted)")
+    p.add_argument("--trace", metavar="FILE", help="append one JSON line per FUSE read to FILE: "
+                   "how long it waited, for which tiles, served how")
     p.add_argument("--version", action="version", version=f"mef3fs {__version__}")
     return p
 
@@ -262,8 +274,11 @@ def main(argv=None) -> int:
         _check_apart(source, mountpoint, host)
         password, no_password = _password(args)
         fuse_options(args.options)
-        if args.log_file:
-            open(args.log_file, "a").close()
+        if args.trace:
+            args.trace = os.path.abspath(args.trace)      # a daemon leaves the current folder
+        for path in (args.log_file, args.trace):
+            if path:
+                open(path, "a").close()
     except UsageError as exc:
         print(f"mef3fs: error: {exc}", file=sys.stderr)
         return 2
@@ -301,7 +316,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     from .views.files import DynamicFile
 
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl or math.inf,
-                    readahead=args.readahead > 0)
+                    readahead=args.readahead > 0, mountpoint=mountpoint, trace=args.trace)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
     budget = args.index_size if args.index_size is not None else index_budget(args.cache_size)
     # every process's mef3io readers keep block indexes too: the same budget each

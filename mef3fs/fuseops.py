@@ -29,7 +29,7 @@ from .views.files import DynamicFile, GeneratedFile, PlannedFile
 log = logging.getLogger("mef3fs.fuse")
 
 BLOCK = 4096
-KERNEL_READAHEAD = 32 << 10
+KERNEL_READAHEAD = 4 << 10
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
 UNSUPPORTED_XATTRS = ("security.", "system.", "trusted.")
@@ -44,10 +44,11 @@ def _ignore_sigpipe() -> None:
 
 
 class _Handle:
-    __slots__ = ("file", "readahead", "lock", "session", "rel")
+    __slots__ = ("file", "ctx", "readahead", "lock", "session", "rel")
 
-    def __init__(self, file, readahead, session=None, rel=""):
+    def __init__(self, file, ctx, readahead, session=None, rel=""):
         self.file = file
+        self.ctx = ctx                  # engine.ReadContext: what the views read through
         self.readahead = readahead
         self.lock = threading.Lock()
         self.session = session      # the session the file belongs to, as it was when opened
@@ -118,6 +119,7 @@ class Mef3fsOperations(fuse.Operations):
             for w in warnings:
                 log.warning("%s", w)
         self.engine.start()
+        self.engine.attach_fuse(config)
         if self.refresher is not None:
             if not self.kernel.works:
                 log.warning("libfuse2 cannot drop the kernel's cached pages: a recording that grows "
@@ -134,6 +136,7 @@ class Mef3fsOperations(fuse.Operations):
             self.refresher.close()
         for h in list(self._handles.values()):
             h.readahead.close()
+            h.ctx.closed = True
         self._handles.clear()
         self.engine.close()
         log.info("unmounted")
@@ -249,7 +252,8 @@ class Mef3fsOperations(fuse.Operations):
                 fi.keep_cache = int(self._served.get(path, served) == served)
                 self._served[path] = served
         fh = next(self._fh)
-        self._handles[fh] = _Handle(file, ReadAhead(file, self.engine.cache, self.readahead_bytes),
+        ctx = self.engine.open_handle(file, path)
+        self._handles[fh] = _Handle(file, ctx, ReadAhead(file, ctx, self.readahead_bytes),
                                     node.session, node.rel)
         if node.session is not None:
             self.ns.opened(node.session)
@@ -272,7 +276,9 @@ class Mef3fsOperations(fuse.Operations):
         if getattr(handle.file, "rows", None) is not None:   # files of samples follow; others are snapshots
             with handle.lock:
                 handle.readahead.close()
-                handle.readahead = ReadAhead(file, self.engine.cache, self.readahead_bytes)
+                handle.ctx.closed = True
+                handle.ctx = self.engine.open_handle(file, handle.ctx.path)
+                handle.readahead = ReadAhead(file, handle.ctx, self.readahead_bytes)
                 handle.file = file
         handle.session = newest
         return handle.file
@@ -285,15 +291,25 @@ class Mef3fsOperations(fuse.Operations):
         file = handle.file
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
+        trace = self.engine.trace
+        if trace is not None:
+            rec = self.engine.tls.rec = trace.begin(path, offset, len(dest), fuse.fuse_get_context()[2])
         try:
-            n = file.read_into(self.engine.cache, offset, dest)
+            n = file.read_into(handle.ctx, offset, dest)
         except DecodeError as exc:
+            if trace is not None:
+                self.engine.tls.rec = None
+                trace.end(rec, -errno.EIO, str(exc))
             self._failed(path, offset, len(dest), exc, handle.session)
             raise fuse.FuseOSError(errno.EIO)
-        log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)
+        if trace is not None:
+            self.engine.tls.rec = None
+            trace.end(rec, n)
         return n
 
     def _failed(self, path, offset, size, exc: DecodeError, session) -> None:
@@ -319,6 +335,7 @@ class Mef3fsOperations(fuse.Operations):
         handle = self._handles.pop(fi.fh, None)
         if handle is not None:
             with handle.lock:
+                handle.ctx.closed = True
                 handle.readahead.close()
             if handle.session is not None:
                 self.ns.closed(handle.session)
