@@ -4,8 +4,9 @@ A viewer (the seed's own use) shows 10 s of every channel of a rate group,
 then steps forward by a window, again and again, pausing between steps (the
 user looking); then, elsewhere in the recording, it steps backward. Each page
 is read through one np.memmap per channel file. Per pause (0.05 s and 0.2 s)
-a fresh mount and a dropped page cache; the first page of each run is cold
-(compared with direct mef3io's read of it), the pages after it are what
+a fresh mount (its session opened by a read elsewhere, as direct mef3io's
+Reader is opened first) and a dropped page cache; the first page of each run
+is cold (compared with direct mef3io's read of it), the pages after it are what
 read-ahead is for. Direct mef3io reads every page with one multi-channel call
 (no read-ahead); mef3io-server 3.1 with get_signal_range (its own look-ahead
 of one window), a fresh server per pause. Every page is compared with mef3io.
@@ -18,7 +19,8 @@ import numpy as np
 
 import explain
 import server
-from common import MiB, Watchdog, drop_caches, f1, log, mm_close, mm_open, mm_window, now, pcts, stats_delta
+from common import (MiB, Watchdog, drop_caches, f1, log, mm_close, mm_open, mm_window, now, pcts, stats_delta,
+                    warm_session)
 
 WIN_S = 10
 PAUSES = (0.05, 0.2)
@@ -71,6 +73,7 @@ def run(b) -> None:
         for pause in PAUSES:
             with b.mount(b.seq_src, f"paging-{key}-{pause}") as m:
                 m.wait_workers()
+                warm_session(b.f32_paths(m.mnt, meta), meta["fs"])
                 mms = mm_open(b.f32_paths(m.mnt, meta))
                 try:
                     s0 = m.stats()
