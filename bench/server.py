@@ -25,7 +25,7 @@ def available() -> str | None:
     """None if mef3io-server can be used, else why not."""
     try:
         import grpc  # noqa: F401
-        import mef3io_server  # noqa: F401
+        import mef3io_server  # noqa: F401 F811
     except ImportError as exc:
         return f"mef3io-server not installed ({exc}); pip install -e '.[bench]'"
     return None

@@ -13,6 +13,7 @@ of one window), a fresh server per pause. Every page is compared with mef3io.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -73,7 +74,7 @@ def run(b) -> None:
         for pause in PAUSES:
             with b.mount(b.seq_src, f"paging-{key}-{pause}") as m:
                 m.wait_workers()
-                warm_session(b.f32_paths(m.mnt, meta), meta["fs"])
+                warm_session(os.path.join(m.mnt, os.path.basename(meta["path"])))
                 mms = mm_open(b.f32_paths(m.mnt, meta))
                 try:
                     s0 = m.stats()

@@ -13,7 +13,6 @@ mef3io-server: get_signal_range(all channels, 60 s windows), start to end.
 """
 from __future__ import annotations
 
-import common
 import explain
 import server
 from common import MiB, Watchdog, drop_caches, f1, log, msps, now, scan_files, stats_delta, TreeSampler

@@ -8,7 +8,7 @@ pay off against decoding threads in the daemon.
 """
 from __future__ import annotations
 
-from common import TreeSampler, Watchdog, drop_caches, f1, log, msps, scan_files, stats_delta
+from common import TreeSampler, Watchdog, drop_caches, f1, log, msps, scan_files
 from w_paging import _pages, runs_of
 from w_windows import cold_rounds, WIN_S
 from common import mm_close, mm_open, mm_window

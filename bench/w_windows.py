@@ -15,9 +15,10 @@ windows touch (what direct decodes).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-import common
 import explain
 import server
 from common import (MiB, Watchdog, blocks_touched, drop_caches, f1, log, mm_close, mm_open, mm_window,
@@ -84,7 +85,7 @@ def cold_rounds(b, tag: str, extra=None, rounds=None, keys=("A", "B")) -> dict:
         with b.mount(b.seq_src, tag, extra) as m:
             m.wait_workers()
             for k in keys:
-                warm_session(b.f32_paths(m.mnt, b.meta[k]), b.meta[k]["fs"])
+                warm_session(os.path.join(m.mnt, os.path.basename(b.meta[k]["path"])))
             with Watchdog(300, m.kill, "random windows through the mount"):
                 for k in keys:
                     s0 = m.stats()

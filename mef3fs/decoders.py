@@ -12,12 +12,9 @@ This module must not import the FUSE layer: worker processes import it.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
 import math
-import os
-import threading
 from dataclasses import dataclass
 from fractions import Fraction
 

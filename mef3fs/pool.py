@@ -32,7 +32,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from .decoders import Cancelled, DecodeError, Job, make_decoder, read_job
+from .decoders import Cancelled, DecodeError, Job, read_job
 
 log = logging.getLogger("mef3fs.pool")
 

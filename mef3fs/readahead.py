@@ -3,16 +3,16 @@
 Two patterns, two trackers:
 
 * `InStep`, one per rate group: windows of channels read together (a memmap
-  per channel, a viewer drawing every trace). Each channel's reads are cut
-  into visits (reads of the channel with no other channel of the group in
-  between). Once a visit of a channel starts, the window it opens is
-  decoded for every channel read in the last window (or, before any window
-  is known, for the whole group as soon as a second channel reads the same
-  stretch), so the readers of the other channels find it decoded. When a
-  channel's visit is a step from its last one (the next window, forward or
-  backward), the window after it in the direction of travel, and the one
-  behind, are decoded too; a jump or a turn cancels what is no longer
-  wanted. Nothing is read ahead of a random window.
+  per channel, a viewer drawing every trace). The channel read first in a
+  window leads it. The first window is learned from the lead's reads and
+  decoded for the whole group as soon as a second channel reads it too;
+  from then on each window the lead opens is decoded at once for every
+  channel read recently, its own part first. When the lead's new window is
+  next to its last one (a step, forward or backward), the window after it in
+  the direction of travel and the one behind are decoded too, and all of it
+  is put into the kernel's page cache of the followers' files (pagecache.py);
+  a jump or a turn cancels what is no longer wanted. Nothing is read ahead
+  of a random window.
 
 * `ReadAhead`, one per open handle: sequential streams (next offset = last
   end, forward or backward), like the kernel's readahead: once a run is
@@ -43,8 +43,8 @@ MAX_STREAMS = 4
 MIN_WINDOW = 128 << 10        # bytes: the first stream window once a run is seen
 MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads ahead
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
-STALE = 5.0                   # seconds after which a visit no longer counts
-WINDOW_SECONDS = 300.0        # a visit longer than this is a scan, not a window
+STALE = 5.0                   # seconds after which a window or a reader no longer counts
+WINDOW_SECONDS = 300.0        # a window longer than this is a scan
 
 _groups: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()    # channel key -> InStep
 
@@ -163,6 +163,16 @@ class InStep:
         # and one in its last page too unless it continues the lead's last read.
         if a <= s0 < b - page or (b - page <= s0 < b and contiguous) or (s0 < a and contiguous):
             return [], []                      # more of the lead's own window
+        if contiguous and s0 >= b - page and s0 < b + page:
+            # the lead reads on past the window we thought it had: it is wider; twice as
+            # wide, decoded for the others too
+            grow = b - a
+            self._win = (a, b + grow)
+            self._width = b + grow - a
+            rows = self._together(now)
+            if len(rows) < 2:
+                return [], []
+            return [(b, min(n, b + grow), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1))], []
         # the lead left its window: the next one, the one before, or elsewhere
         width = self._width or (b - a)
         slack = max(page, width // 8)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import pread_full, read_stats
+from tests.conftest import read_stats
 from tests.sessions import reference
 from tests.test_engine import (LONG_CHANNELS, LONG_FS, LONG_SECONDS, NPY_HEADER, assert_same_bytes,
                                build_long_session, counters, delta, session_dir, wait_stats)
