@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 
 from . import summaries
@@ -67,6 +68,10 @@ class Engine:
         self.trace = None               # trace.Trace while --trace is on; the read path tests it
         self.tls = threading.local()    # .rec: the trace record of the read this thread serves
         self.reporters = []             # more () -> dict for the stats file (namespace, index cache)
+        self._plans: queue.SimpleQueue = queue.SimpleQueue()   # read-ahead decisions to carry out
+        self._plans_lock = threading.Lock()
+        self._plans_pending = 0
+        self._planner_thread = None
 
     def start(self) -> None:
         return_big_buffers_to_the_os()
@@ -84,6 +89,8 @@ class Engine:
         self.cache.start()
         self.reporters.append(summaries.attach(self.cache).snapshot)   # min-max of every decoded tile
         self.pagecache = PageCache(self.cache, self.stats, self._mountpoint)
+        self._planner_thread = threading.Thread(target=self._planner, name="mef3fs-planner", daemon=True)
+        self._planner_thread.start()
         if self._trace_path:
             self.trace = Trace(self._trace_path)
 
@@ -106,7 +113,7 @@ class Engine:
     def window(self, rows: list, a: int, b: int, prio: int, push: list, reading=None,
                reading_ctx=None) -> list:
         """Decode samples [a, b) of these channels in the background, and store them into
-        the page cache of the files their readers have open (push: [(ReadContext, tiles)]).
+        the page cache of the files their readers have open (push: [(ReadContext, tiles, a, b)]).
 
         `reading` (tiles, s0, s1) is the read that opened the window: its own tiles are
         left to it (a foreground decode of its own), the rest of its channel goes first
@@ -128,9 +135,9 @@ class Engine:
                              channels=len(rows) + (reading is not None), a=a, b=b, tiles=len(flights),
                              by=reading[0].channel if reading is not None else None)
         if self.pagecache.on:
-            for ctx, row in push:
-                if ctx is not None:
-                    self.pagecache.push(ctx, row, a, b)
+            for ctx, row, x0, x1 in push:
+                if ctx is not None and x1 > x0:
+                    self.pagecache.push(ctx, row, x0, x1)
             if reading is not None and reading_ctx is not None and reading[2] < b:
                 self.pagecache.push(reading_ctx, reading[0], reading[2], b)
         return list(flights.values())
@@ -139,9 +146,32 @@ class Engine:
         for token in tokens:
             self.cache.cancel(token)
 
+    def plan(self, work) -> None:
+        """Run a read-ahead decision in the planner thread, in order, so the read that
+        made it does not wait for it."""
+        with self._plans_lock:
+            self._plans_pending += 1
+        self._plans.put(work)
+
+    def _planner(self) -> None:
+        while True:
+            work = self._plans.get()
+            if work is None:
+                return
+            try:
+                work()
+            except Exception:              # read-ahead is an accelerator: never fatal
+                log.exception("read-ahead plan failed")
+            finally:
+                with self._plans_lock:
+                    self._plans_pending -= 1
+
     # -- life cycle -----------------------------------------------------------
 
     def close(self) -> None:
+        if self._planner_thread is not None:
+            self._plans.put(None)
+            self._planner_thread.join(2.0)
         if self.pagecache is not None:
             self.pagecache.close()
         if self.pool is not None:
@@ -166,6 +196,7 @@ class Engine:
         out["workers_ready"] = self.pool.ready if self.pool else 0
         out["decoder"] = self.decoder_name
         out["page_cache_push"] = bool(self.pagecache and self.pagecache.on)
+        out["readahead_pending"] = self._plans_pending
         for report in self.reporters:
             out.update(report())
         return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode()

@@ -45,6 +45,7 @@ MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
 STALE = 5.0                   # seconds after which a window or a reader no longer counts
 WINDOW_SECONDS = 300.0        # a window longer than this is a scan
+LEAD_TRIGGER = 2048           # samples (2 pages: predictions drift by one) of the lead's next window kept out
 
 _groups: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()    # channel key -> InStep
 
@@ -58,10 +59,10 @@ class InStep:
     """Windows of the channels of one rate group (see the module docstring).
 
     The channel that opens a window (the first one read there: a viewer's
-    first trace) is its lead; the others follow. The lead is never put into
-    the page cache ahead, so its first read of each window reaches us and
-    says where the reader went: next to the last window (a step, forward or
-    backward), or elsewhere (a jump). Followers' reads may never reach us
+    first trace) is its lead; the others follow. The start of the lead's next
+    window is left out of the page cache, so its first read there reaches us
+    and says where the reader went: next to the last window (a step, forward
+    or backward), or elsewhere (a jump). Followers' reads may never reach us
     (their window went into the page cache), so they only say who reads.
     """
 
@@ -78,6 +79,8 @@ class InStep:
         self._direction = 0
         self._t_fanned = -STALE               # when a window was last decoded for the followers
         self._planned: list = []              # [(a, b, tokens)] read ahead, still cancellable
+        self._done: collections.deque = collections.deque(maxlen=8)   # (a, b, time) read ahead
+        self._margin = 0                      # samples a window read ahead was widened by at its start
         for tiles in rows:
             self.add(tiles)
 
@@ -113,15 +116,29 @@ class InStep:
         with self._lock:
             self._members[key] = (now, ctx)
             plan, cancel = self._decide(tiles, s0, s1, now)
+        if plan or cancel:
+            # carried out by the engine's planner thread: this read returns at once
+            engine.plan(lambda: self._carry_out(engine, ctx, tiles, plan, cancel, now))
+
+    def _carry_out(self, engine, ctx, tiles, plan, cancel, now: float) -> None:
         for tokens in cancel:
             engine.cancel(tokens)
         for a, b, rows, prio, push, own in plan:
-            targets = [(self._members.get(r.key, (0, None))[1], r) for r in push]
+            targets = []
+            for r in push:
+                c = self._members.get(r.key, (0, None))[1]
+                if c is None:
+                    continue
+                if r.key == tiles.key:
+                    # the lead's next window, but for its first page: its read there
+                    # reaches us and says where the reader went
+                    targets.append((c, r, min(b, a + self._margin + LEAD_TRIGGER), b))
+                else:
+                    targets.append((c, r, a, b))
             tokens = engine.window(rows, a, b, prio, targets, own, ctx)
             with self._lock:
-                for c, r in targets:
-                    if c is not None:
-                        self._members[r.key] = (now, c)   # it will read there, unseen
+                for c, r, _, _ in targets:
+                    self._members[r.key] = (now, c)   # it will read there, unseen
                 if prio == AHEAD:
                     self._planned.append((a, b, tokens))
 
@@ -197,13 +214,21 @@ class InStep:
         self._t_fanned = now
         others = [r for r in rows if r.key != key]
         cur = (s0, min(n, s0 + width))
-        plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1))]
+        lead = [r for r in rows if r.key == key]
+        if self._done_before(cur, page, now):
+            # read ahead already (and in the followers' page cache): the lead's own rest only
+            plan = [(cur[0], cur[1], lead, WINDOW, [], (tiles, s0, s1))]
+        else:
+            plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1))]
         wanted = [cur]
         if step:
             for x in (s0 + step * width, s0 - step * width):
-                x0, x1 = max(0, x), min(n, x + width)
+                # a page more at both ends: reads start and end on page boundaries
+                x0, x1 = max(0, x - page), min(n, x + width + page)
+                self._margin = x - x0
                 if x1 > x0:
-                    plan.append((x0, x1, rows, AHEAD, others, None))
+                    if not self._done_before((x0, x1), page, now):
+                        plan.append((x0, x1, rows, AHEAD, rows, None))
                     wanted.append((x0, x1))
         cancel = []
         if step != self._direction or not step:
@@ -217,6 +242,16 @@ class InStep:
             self._planned = keep
         self._direction = step
         return plan, cancel
+
+    def _done_before(self, span: tuple, slack: int, now: float) -> bool:
+        """Was this window (or one holding it, give or take a page) read ahead for the
+        group just now? If not, it is now: nothing is decoded or stored twice."""
+        x0, x1 = span
+        for a, b, t in self._done:
+            if a - slack <= x0 and x1 <= b + slack and now - t < STALE:
+                return True
+        self._done.append((x0, x1, now))
+        return False
 
     def _open(self, key, a: int, b: int, now: float, grown: bool) -> None:
         self._lead, self._win, self._t, self._grown = key, (a, b), now, grown
