@@ -32,9 +32,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench  # noqa: E402
+import common  # noqa: E402
 import make_data  # noqa: E402
-from bench import Mount, drop_caches, log, machine, met, now  # noqa: E402
+from common import drop_caches, log, machine, met, now  # noqa: E402
+from mount import Mount  # noqa: E402
 
 LONG = {"channels": 64, "hours": 6, "fs": 256.0}
 QUICK_HOURS = 1
@@ -100,7 +101,7 @@ class Overviews:
         self.cold_ok = True
 
     def mount(self, source: str, tag: str, extra=()) -> Mount:
-        return Mount(source, self.work, self.logdir, tag, list(extra))
+        return Mount(source, self.work, self.logdir, tag, list(extra), trace=False)
 
     def cold(self) -> None:
         self.cold_ok = drop_caches() and self.cold_ok
@@ -109,13 +110,13 @@ class Overviews:
         """fn() and the CPU seconds other processes used meanwhile (the machine's noise).
         The CPU seconds that fn's work itself took (this process, plus the daemon's
         when given) go to self.cpu: on a busy machine a steadier figure than seconds."""
-        bench.FOREIGN.mark("x")
-        c0, d0 = time.process_time(), bench.proc_cpu_s(daemon) if daemon else 0.0
+        common.FOREIGN.mark("x")
+        c0, d0 = time.process_time(), common.proc_cpu_s(daemon) if daemon else 0.0
         t = now()
         res = fn()
         dt = now() - t
-        self.cpu = time.process_time() - c0 + ((bench.proc_cpu_s(daemon) - d0) if daemon else 0.0)
-        return res, dt, bench.FOREIGN.since("x")
+        self.cpu = time.process_time() - c0 + ((common.proc_cpu_s(daemon) - d0) if daemon else 0.0)
+        return res, dt, common.FOREIGN.since("x")
 
     # -- rows -----------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class Overviews:
 
     def cold_level(self, path: str) -> None:
         import mef3io
-        meta = bench.session_meta(path)
+        meta = common.session_meta(path)
         n = meta["n"]
         k = 10
         while -(-n // k) > 4096:
@@ -218,7 +219,7 @@ class Overviews:
                 info = json.load(f)
             m.wait_workers()
             self.cold()
-            nbytes, scan_s = bench.scan_files([os.path.join(folder, c["file"]) for c in info["channels"]])
+            nbytes, scan_s = common.scan_files([os.path.join(folder, c["file"]) for c in info["channels"]])
             before = settle(m)
             got, mt, o = self.other_cpu(lambda: np.load(os.path.join(folder, rel)))
             after = settle(m)
@@ -253,7 +254,7 @@ class Overviews:
         return "\n".join(lines)
 
     def run(self) -> None:
-        bench.FOREIGN = bench.ForeignCpu()
+        common.FOREIGN = common.ForeignCpu()
         try:
             self.hours_long = QUICK_HOURS if self.a.quick else LONG["hours"]
             long_path = build_long(self.a.cache, self.a.quick) if "envelope" in self.a.rows else None
@@ -263,7 +264,7 @@ class Overviews:
             if "level" in self.a.rows:
                 self.cold_level(seq["A_16ch_1kHz"])
         finally:
-            bench.FOREIGN.stop()
+            common.FOREIGN.stop()
         text = self.table()
         print(text)
         with open(os.path.join(self.out, "table.md"), "w") as f:

@@ -30,7 +30,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import make_data  # noqa: E402
-from bench import Mount, TreeSampler, drop_caches  # noqa: E402
+from common import TreeSampler, drop_caches  # noqa: E402
+from mount import Mount  # noqa: E402
 
 FS = 256.0
 LENGTHS = {"6min": 360, "6h": 6 * 3600, "24h": 24 * 3600}
@@ -135,7 +136,7 @@ class Bench:
         self.results = {}
 
     def mount(self, source: str, tag: str, *opts: str) -> Mount:
-        return Mount(source, self.work, self.logs, tag, list(opts) + self.args.mount_opt)
+        return Mount(source, self.work, self.logs, tag, list(opts) + self.args.mount_opt, trace=False)
 
     def row(self, what, mount, direct, target, met, note=""):
         self.rows.append((what, mount, direct, target, "met" if met else "**not met**", note))

@@ -35,9 +35,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-import bench  # noqa: E402
+import common  # noqa: E402
 import make_data  # noqa: E402
-from bench import Mount, drop_caches, log, msps, stats_delta  # noqa: E402
+from common import drop_caches, log, msps, stats_delta  # noqa: E402
+from mount import Mount  # noqa: E402
 
 
 def _recipe():
@@ -104,7 +105,7 @@ class Run:
         self.work = os.path.join(a.cache, "work")
         os.makedirs(self.work, exist_ok=True)
         self.R: dict = {"argv": sys.argv, "quick": a.quick, "cells": {}, "cold": True}
-        self.foreign = bench.FOREIGN = bench.ForeignCpu()
+        self.foreign = common.FOREIGN = common.ForeignCpu()
 
     def timed(self, name: str, fn, *args):
         self.foreign.mark(name)
@@ -133,7 +134,7 @@ class Run:
             want = self.timed("direct mef3io", on_mef3io, path)
             log("--- numpy on .f32 through the mount")
             self.cold()
-            with Mount(source, self.work, self.logdir, "f32", []) as m:
+            with Mount(source, self.work, self.logdir, "f32", [], trace=False) as m:
                 m.wait_workers()
                 got = self.timed("numpy on .f32, cold", on_f32, os.path.join(m.mnt, name))
                 self.R["cells"]["numpy on .f32, cold"]["agrees"] = agree(got, want)
@@ -146,7 +147,7 @@ class Run:
                     client.run(_warm_up)          # worker processes import what tasks unpickle
                     self.R.setdefault("cluster_start_s", {})[workers] = round(time.perf_counter() - t, 1)
                     self.cold()
-                    with Mount(source, self.work, self.logdir, f"dask{workers}", []) as m:
+                    with Mount(source, self.work, self.logdir, f"dask{workers}", [], trace=False) as m:
                         m.wait_workers()
                         folder = os.path.join(m.mnt, name)
 

@@ -82,6 +82,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    from .engine import WORKERS_PER_CPU, cpu_count, max_workers
+    value = _count(text)
+    if value > max_workers():
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than {max_workers()} ({WORKERS_PER_CPU} per CPU, {cpu_count()} CPUs here): "
+            "more decoder processes only compete for the same cores")
+    return value
+
+
 # -o options we pass to libfuse (but umask, which is mef3fs's own: attrs.py).
 # Anything else is refused before mounting: a typo would otherwise reach
 # libfuse, which fails with lines of its own, and some options (rw,
@@ -129,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop tiles idle this long (default 300; 0: never)")
     p.add_argument("--refresh", type=_non_negative_float, default=1.0, metavar="SECONDS",
                    help="how often a session in use is checked for new data (default 1; 0: never)")
-    p.add_argument("--workers", type=_count, default=default_workers(), metavar="N",
-                   help="decoder processes (default: CPU count; 0 decodes in the daemon)")
+    p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
+                   help="decoder processes (default: CPU count; 0 decodes in threads of the daemon)")
     p.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
                    help="largest read-ahead window per sequential stream (default 64M, 0: off)")
     p.add_argument("--host-root", metavar="DIR", default=None,
@@ -138,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sets /host_root)")
     p.add_argument("--log-file", metavar="FILE", help="log here (default: stderr, which a "
                    "daemon closes once mounted)")
+    p.add_argument("--trace", metavar="FILE", help="append one JSON line per FUSE read to FILE: "
+                   "how long it waited, for which tiles, served how")
     p.add_argument("--version", action="version", version=f"mef3fs {__version__}")
     return p
 
@@ -277,8 +289,11 @@ def main(argv=None) -> int:
         password, no_password = _password(args)
         fuse_options(args.options)
         args.umask = _umask(args)
-        if args.log_file:
-            open(args.log_file, "a").close()
+        if args.trace:
+            args.trace = os.path.abspath(args.trace)      # a daemon leaves the current folder
+        for path in (args.log_file, args.trace):
+            if path:
+                open(path, "a").close()
     except UsageError as exc:
         print(f"mef3fs: error: {exc}", file=sys.stderr)
         return 2
@@ -317,7 +332,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     from .views.files import DynamicFile
 
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl or math.inf,
-                    readahead=args.readahead > 0)
+                    readahead=args.readahead > 0, mountpoint=mountpoint, trace=args.trace)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")
     budget = args.index_size if args.index_size is not None else index_budget(args.cache_size)
     # every process's mef3io readers keep block indexes too: the same budget each

@@ -1,25 +1,20 @@
-"""Decoding: two MEF backends behind one call, and the worker-process pool.
+"""Decoding: two MEF backends behind one call.
 
-A decode is always "the grid samples [ts, te) of one channel, exactly n of
-them, as float32". Workers are spawned (the daemon is multi-threaded, fork
-would copy held locks), each keeps its own bounded set of open readers, and
-tiles come back as raw bytes over a pipe (`send_bytes`: one kernel copy each
-way, no pickling of the array).
+A decode is "the grid samples [ts, te) of one channel, exactly n of them, as
+float32" (a `DecodeSpec`, one tile), or the same window of several channels
+of one rate at once (a `Job`, one or more consecutive tiles): mef3io decodes
+a list of channels in one call, and a longer window costs less per block
+than several short ones. Where the decoding runs (worker processes or
+threads in the daemon) is pool.py's business.
 
-This module must not import the FUSE layer: spawned workers import it.
+This module must not import the FUSE layer: worker processes import it.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
 import math
-import multiprocessing
-import os
-import signal
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -30,7 +25,6 @@ from .readers import ReaderCache, SessionChanged
 log = logging.getLogger("mef3fs.decoders")
 
 DECODERS = ("mef3io", "mef_tools")
-MAX_ATTEMPTS = 3               # a tile whose worker died is decoded again, this often
 
 
 class DecodeError(Exception):
@@ -41,6 +35,10 @@ class DecodeError(Exception):
     channel: str | None = None
     span: tuple | None = None
     reason: str = ""
+
+
+class Cancelled(Exception):
+    """A job stopped through its cancel token: nobody wants its tiles any more."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,76 @@ class DecodeSpec:
     @property
     def nbytes(self) -> int:
         return 4 * self.n
+
+
+@dataclass(frozen=True)
+class Job:
+    """Grid samples [first, first + n) of one or more channels of one rate, one window for all.
+
+    `cuts` are the tile edges inside the window (offsets from `first`, 0 and
+    n included): the result is one array per channel and tile, channel-major.
+    A window of several tiles is only ever their exact grid window
+    (ts = grid(first), te = grid(first + n)), which gives the same samples as
+    the tiles one by one; tiles whose windows are pulled in (tile_windows) go
+    one per job.
+    """
+    session_path: str
+    channels: tuple
+    ts: float
+    te: float
+    n: int
+    t0: int
+    fs: float
+    first: int
+    cuts: tuple
+    identity: tuple = ()
+
+    @property
+    def tiles(self) -> int:
+        return len(self.channels) * (len(self.cuts) - 1)
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.n * len(self.channels)
+
+    def spec(self, channel: str) -> DecodeSpec:
+        return DecodeSpec(self.session_path, channel, self.ts, self.te, self.n, self.t0, self.fs,
+                          self.first, self.identity)
+
+    def split(self, rows: np.ndarray) -> list:
+        """(channels, n) samples -> the job's tiles, channel-major, each its own buffer."""
+        if len(self.cuts) == 2 and rows.shape[0] == 1:
+            return [rows[0]]
+        return [np.array(rows[c, a:b]) for c in range(rows.shape[0])
+                for a, b in zip(self.cuts, self.cuts[1:])]
+
+
+def read_job(decoder, job: Job, cancel=None) -> list:
+    """A job's tiles, channel-major: arrays, or DecodeError for a tile that cannot be decoded.
+
+    The whole window in one call when the decoder can (`read_job`). If that
+    fails, each tile is decoded alone, so a damaged block fails only its own
+    tile. `cancel` is what the decoder's `new_token()` gave (None: cannot be
+    stopped)."""
+    if hasattr(decoder, "read_job"):
+        try:
+            return job.split(decoder.read_job(job, cancel))
+        except DecodeError:
+            if job.tiles == 1:
+                raise
+    elif job.tiles == 1:
+        return [_fit(decoder.read(job.spec(job.channels[0])), job.n)]
+    out = []
+    for ch in job.channels:
+        for a, b in zip(job.cuts, job.cuts[1:]):
+            spec = DecodeSpec(job.session_path, ch, job.ts if a == 0 else job.t0 + (job.first + a) * 1e6 / job.fs,
+                              job.te if b == job.n else job.t0 + (job.first + b) * 1e6 / job.fs,
+                              b - a, job.t0, job.fs, job.first + a, job.identity)
+            try:
+                out.append(_fit(decoder.read(spec), b - a))
+            except DecodeError as exc:
+                out.append(exc)
+    return out
 
 
 def _fit(arr: np.ndarray, n: int) -> np.ndarray:
@@ -107,30 +175,57 @@ class Mef3ioDecoder:
     def open(self, path: str, identity: tuple = ()) -> None:
         self._readers.get(path, identity)
 
-    def read(self, spec: DecodeSpec) -> np.ndarray:
+    def new_token(self):
+        """Stops a running read_job from another thread (`.cancel()`)."""
+        return self._mef3io.CancelToken()
+
+    def _reader(self, path: str, identity: tuple):
         try:
-            reader = self._readers.get(spec.session_path, spec.identity)
+            return self._readers.get(path, identity)
         except SessionChanged as exc:
             raise DecodeError(str(exc)) from None
+
+    def read(self, spec: DecodeSpec) -> np.ndarray:
+        reader = self._reader(spec.session_path, spec.identity)
         lenient = bool(reader.problems)     # a strict reader never has any
         if lenient and any(p["channel"] == spec.channel for p in reader.problems):
             # A lenient reader skips a segment for good once it failed and reads NaN
             # there: this channel failed before, so a reader that has not failed yet.
             reader = self._open(spec.session_path, strict=False)
         before = len(reader.problems)
-        try:
-            arr = reader.read(spec.channel, spec.ts, spec.te, dtype="float32")
-        except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.IoError,
-                self._mef3io.PasswordError) as exc:
-            raise DecodeError(f"{type(exc).__name__}: {exc}") from None
-        except OSError as exc:
-            raise DecodeError(f"OSError: {exc}") from None
+        arr = self._read(reader, spec.channel, spec.ts, spec.te, None)
         if lenient:
             failed = [p for p in reader.problems[before:] if p["channel"] == spec.channel]
             if failed:                      # a lenient reader returns NaN where a strict one raises
                 raise DecodeError(f"{failed[0]['reason']}")
         self._readers.loaded(reader, spec.channel, spec.ts, spec.te)
         return _fit(arr, spec.n)
+
+    def read_job(self, job: Job, cancel=None) -> np.ndarray:
+        """(channels, n): one multi-channel call decodes every block of every channel."""
+        reader = self._reader(job.session_path, job.identity)
+        if reader.problems:
+            # a lenient reader hides failures as NaN: each channel on its own (read)
+            return np.stack([self.read(job.spec(ch)) for ch in job.channels])
+        names = list(job.channels)
+        arr = self._read(reader, names[0] if len(names) == 1 else names, job.ts, job.te, cancel)
+        arr = np.asarray(arr, dtype=np.float32).reshape(len(names), -1)
+        if arr.shape[1] != job.n:
+            arr = np.stack([_fit(row, job.n) for row in arr])
+        for ch in dict.fromkeys(names):
+            self._readers.loaded(reader, ch, job.ts, job.te)
+        return arr
+
+    def _read(self, reader, channel, ts, te, token):
+        try:
+            return reader.read(channel, ts, te, dtype="float32", cancel=token)
+        except self._mef3io.Cancelled:
+            raise Cancelled() from None
+        except (self._mef3io.CrcError, self._mef3io.FormatError, self._mef3io.IoError,
+                self._mef3io.PasswordError) as exc:
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise DecodeError(f"OSError: {exc}") from None
 
     def close(self) -> None:
         self._readers.clear()
@@ -230,15 +325,13 @@ class MefToolsDecoder:
 
 
 def make_decoder(name: str, password: str = ""):
+    """A decoder of its own readers (each worker process or daemon makes one)."""
     if name == "mef3io":
         return Mef3ioDecoder(password)
     if name == "mef_tools":
         return MefToolsDecoder(password)
     raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
 
-
-# --------------------------------------------------------------------------
-# Worker processes
 
 def return_big_buffers_to_the_os() -> None:
     """Tiles are 0.04-5 MB buffers made and freed all the time. glibc's
@@ -249,281 +342,3 @@ def return_big_buffers_to_the_os() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 256 << 10)   # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: a SIGKILLed daemon must not leave decoders behind."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _worker_main(conn, decoder_name: str, password: str, parent_pid: int) -> None:
-    _die_with_parent()
-    if os.getppid() != parent_pid:  # parent already gone before prctl took effect
-        return
-    # Ctrl-C goes to the whole process group; the daemon decides when we
-    # stop. SIGINT arrived blocked (see _Worker), so one sent while we were
-    # starting up is dropped here instead of killing us mid-import.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    return_big_buffers_to_the_os()
-    decoder = make_decoder(decoder_name, password)
-    while True:
-        try:
-            spec = conn.recv()
-        except (EOFError, OSError):
-            break
-        if spec is None:
-            break
-        if isinstance(spec, tuple):          # ("open", path, identity): warm up, no reply
-            try:
-                decoder.open(spec[1], spec[2])
-            except Exception:                # the real read will report it
-                pass
-            continue
-        try:
-            arr = decoder.read(spec)
-        except DecodeError as exc:
-            conn.send(("error", str(exc)))
-            continue
-        except Exception as exc:  # a decoder bug must not kill the worker silently
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("ok", None))
-        conn.send_bytes(arr)
-    decoder.close()
-
-
-FOREGROUND, BACKGROUND = 0, 1
-PENDING, RUNNING, DONE, CANCELLED = range(4)
-
-
-class Task:
-    """A tile decode in the pool; its future is what the cache waits on."""
-
-    __slots__ = ("spec", "lane", "state", "future", "attempts")
-
-    def __init__(self, spec: DecodeSpec, lane: int):
-        self.spec = spec
-        self.lane = lane
-        self.state = PENDING
-        self.future: Future = Future()
-        self.attempts = 0
-
-
-class _Worker:
-    def __init__(self, ctx, decoder_name: str, password: str):
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, name="mef3fs-decoder",
-                                   args=(child, decoder_name, password, os.getpid()), daemon=True)
-        # The signal mask survives exec: the worker starts with SIGINT blocked
-        # until it has chosen to ignore it (multiprocessing's resource
-        # tracker is started the same way).
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self.process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        child.close()
-
-    def decode(self, spec: DecodeSpec) -> np.ndarray:
-        """Raises DecodeError for a bad window, EOFError/OSError if the worker died."""
-        self.conn.send(spec)
-        status, message = self.conn.recv()
-        if status != "ok":
-            raise DecodeError(message)
-        return np.frombuffer(self.conn.recv_bytes(), dtype=np.float32)
-
-    def warm(self, path: str, identity: tuple) -> None:
-        """Open a session ahead of its first decode (opening costs more than a tile)."""
-        self.conn.send(("open", path, identity))
-
-    def stop(self, timeout: float = 2.0) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout)
-        self.conn.close()
-
-
-class DecoderPool:
-    """Worker processes fed from two lanes.
-
-    A free worker always takes foreground work first. Read-ahead may occupy
-    every worker (on a small machine, reserving one would halve a scan), so
-    the cache decodes a foreground tile in the caller's thread when no worker
-    is idle (`idle()`): a waiting read never queues behind read-ahead.
-    Each worker has one thread in the daemon that talks to it; a worker that
-    dies is replaced and its task is put back at the head of its lane.
-    """
-
-    def __init__(self, decoder_name: str, password: str, workers: int, stats):
-        self._ctx = multiprocessing.get_context("spawn")
-        self._decoder_name = decoder_name
-        self._password = password
-        self._stats = stats
-        self._n = workers
-        self._max_background = workers
-        self._busy = 0
-        self._cond = threading.Condition()
-        self._lanes = (collections.deque(), collections.deque())
-        self._running_background = 0
-        self._closed = False
-        self._workers: list[_Worker | None] = [None] * workers
-        self._threads: list[threading.Thread] = []
-        self._warm = [collections.deque() for _ in range(workers)]   # sessions to open, per worker
-
-    def start(self) -> None:
-        for i in range(self._n):
-            self._workers[i] = _Worker(self._ctx, self._decoder_name, self._password)
-            t = threading.Thread(target=self._serve, args=(i,), name=f"mef3fs-lane-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def idle(self) -> bool:
-        """A worker would start a new foreground task at once."""
-        with self._cond:
-            return self._busy < self._n and not self._lanes[FOREGROUND]
-
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None and w.process.is_alive()]
-
-    def submit(self, spec: DecodeSpec, lane: int) -> Task:
-        task = Task(spec, lane)
-        with self._cond:
-            if self._closed:
-                raise DecodeError("decoder pool is shut down")
-            self._lanes[lane].append(task)
-            self._cond.notify()
-        return task
-
-    def warm(self, path: str, identity: tuple) -> None:
-        """Have every worker open a session now, before reads need it."""
-        with self._cond:
-            for q in self._warm:
-                q.append((path, identity))
-            self._cond.notify_all()
-
-    def promote(self, task: Task) -> None:
-        """A reader now waits on a read-ahead tile: move it to the foreground lane."""
-        with self._cond:
-            if task.state == PENDING and task.lane == BACKGROUND:
-                task.lane = FOREGROUND
-                self._lanes[FOREGROUND].append(task)  # stale copy in the background lane is skipped
-                self._cond.notify()
-
-    def cancel(self, task: Task) -> bool:
-        """Cancel a task nobody has started; True if it will not run."""
-        with self._cond:
-            if task.state != PENDING:
-                return False
-            task.state = CANCELLED
-        task.future.cancel()
-        return True
-
-    def _next_task(self, index: int):
-        with self._cond:
-            while not self._closed:
-                fg, bg = self._lanes
-                task = None
-                if self._warm[index]:
-                    return self._warm[index].popleft()
-                if fg:
-                    task = fg.popleft()
-                elif bg and self._running_background < self._max_background:
-                    task = bg.popleft()
-                else:
-                    self._cond.wait()
-                    continue
-                if task.state != PENDING:
-                    continue
-                task.state = RUNNING
-                self._busy += 1
-                if task.lane == BACKGROUND:
-                    self._running_background += 1
-                return task
-            return None
-
-    def _serve(self, index: int) -> None:
-        while True:
-            task = self._next_task(index)
-            if task is None:
-                return
-            if isinstance(task, tuple):
-                try:
-                    self._workers[index].warm(*task)
-                except (OSError, ValueError):
-                    pass                     # a dead worker is found on its next decode
-                continue
-            lane = task.lane
-            try:
-                arr = self._workers[index].decode(task.spec)
-            except DecodeError as exc:
-                self._finish(task, lane, error=exc)
-            except (EOFError, OSError, ValueError) as exc:
-                self._replace_worker(index, exc)
-                self._retry(task, lane)
-            else:
-                self._finish(task, lane, result=arr)
-
-    def _finish(self, task: Task, lane: int, result=None, error=None) -> None:
-        with self._cond:
-            task.state = DONE
-            self._busy -= 1
-            if lane == BACKGROUND:
-                self._running_background -= 1
-            self._cond.notify()
-        self._stats.add("decodes_background" if lane == BACKGROUND else "decodes_foreground")
-        if error is not None:
-            task.future.set_exception(error)
-        else:
-            task.future.set_result(result)
-
-    def _retry(self, task: Task, lane: int) -> None:
-        task.attempts += 1
-        with self._cond:
-            self._busy -= 1
-            if lane == BACKGROUND:
-                self._running_background -= 1
-            if task.attempts < MAX_ATTEMPTS and not self._closed:
-                task.state = PENDING
-                self._lanes[task.lane].appendleft(task)
-                self._cond.notify()
-                self._stats.add("task_retries")
-                return
-            task.state = DONE
-        task.future.set_exception(DecodeError(f"decoder worker died {task.attempts} times on this window"))
-
-    def _replace_worker(self, index: int, exc: BaseException) -> None:
-        old = self._workers[index]
-        old.process.join(1.0)
-        log.warning("decoder worker pid %s died (exit code %s, %s); starting a new one",
-                    old.process.pid, old.process.exitcode, type(exc).__name__)
-        old.conn.close()
-        self._stats.add("worker_restarts")
-        if not self._closed:
-            self._workers[index] = _Worker(self._ctx, self._decoder_name, self._password)
-
-    def close(self) -> None:
-        """Stop every worker; pending tasks fail so no reader waits forever."""
-        with self._cond:
-            self._closed = True
-            pending = [t for lane in self._lanes for t in lane if t.state == PENDING]
-            for lane in self._lanes:
-                lane.clear()
-            self._cond.notify_all()
-        for task in pending:
-            task.state = CANCELLED
-            task.future.set_exception(DecodeError("unmounting"))
-        for t in self._threads:
-            t.join(5.0)
-        for w in self._workers:
-            if w is not None:
-                w.stop()

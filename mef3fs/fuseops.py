@@ -26,7 +26,7 @@ from .readahead import ReadAhead
 
 log = logging.getLogger("mef3fs.fuse")
 
-KERNEL_READAHEAD = 32 << 10
+KERNEL_READAHEAD = 4 << 10
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
 UNSUPPORTED_XATTRS = ("security.", "system.", "trusted.")
@@ -41,10 +41,11 @@ def _ignore_sigpipe() -> None:
 
 
 class _Handle:
-    __slots__ = ("file", "readahead", "lock", "session", "rel")
+    __slots__ = ("file", "ctx", "readahead", "lock", "session", "rel")
 
-    def __init__(self, file, readahead, session=None, rel=""):
+    def __init__(self, file, ctx, readahead, session=None, rel=""):
         self.file = file
+        self.ctx = ctx                  # engine.ReadContext: what the views read through
         self.readahead = readahead
         self.lock = threading.Lock()
         self.session = session      # the session the file belongs to, as it was when opened
@@ -114,6 +115,7 @@ class Mef3fsOperations(fuse.Operations):
             for w in warnings:
                 log.warning("%s", w)
         self.engine.start()
+        self.engine.attach_fuse(config)
         if self.refresher is not None:
             if not self.kernel.works:
                 log.warning("libfuse2 cannot drop the kernel's cached pages: a recording that grows "
@@ -130,6 +132,7 @@ class Mef3fsOperations(fuse.Operations):
             self.refresher.close()
         for h in list(self._handles.values()):
             h.readahead.close()
+            h.ctx.closed = True
         self._handles.clear()
         self.engine.close()
         log.info("unmounted")
@@ -238,7 +241,8 @@ class Mef3fsOperations(fuse.Operations):
             fi.keep_cache = int(self._served.get(path, token) == token)
             self._served[path] = token
         fh = next(self._fh)
-        self._handles[fh] = _Handle(served, ReadAhead(served, self.engine.cache, self.readahead_bytes),
+        ctx = self.engine.open_handle(served, path)
+        self._handles[fh] = _Handle(served, ctx, ReadAhead(served, ctx, self.readahead_bytes),
                                     node.session, node.rel)
         if node.session is not None:
             self.ns.opened(node.session)
@@ -261,7 +265,9 @@ class Mef3fsOperations(fuse.Operations):
         if getattr(handle.file, "rows", None) is not None:   # files of samples follow; others are snapshots
             with handle.lock:
                 handle.readahead.close()
-                handle.readahead = ReadAhead(file, self.engine.cache, self.readahead_bytes)
+                handle.ctx.closed = True
+                handle.ctx = self.engine.open_handle(file, handle.ctx.path)
+                handle.readahead = ReadAhead(file, handle.ctx, self.readahead_bytes)
                 handle.file = file
         handle.session = newest
         return handle.file
@@ -274,15 +280,25 @@ class Mef3fsOperations(fuse.Operations):
         file = handle.file
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
+        trace = self.engine.trace
+        if trace is not None:
+            rec = self.engine.tls.rec = trace.begin(path, offset, len(dest), fuse.fuse_get_context()[2])
         try:
-            n = file.read_into(self.engine.cache, offset, dest)
+            n = file.read_into(handle.ctx, offset, dest)
         except DecodeError as exc:
+            if trace is not None:
+                self.engine.tls.rec = None
+                trace.end(rec, -errno.EIO, str(exc))
             self._failed(path, offset, len(dest), exc, handle.session)
             raise fuse.FuseOSError(errno.EIO)
-        log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)
+        if trace is not None:
+            self.engine.tls.rec = None
+            trace.end(rec, n)
         return n
 
     def _failed(self, path, offset, size, exc: DecodeError, session) -> None:
@@ -308,6 +324,7 @@ class Mef3fsOperations(fuse.Operations):
         handle = self._handles.pop(fi.fh, None)
         if handle is not None:
             with handle.lock:
+                handle.ctx.closed = True
                 handle.readahead.close()
             if handle.session is not None:
                 self.ns.closed(handle.session)

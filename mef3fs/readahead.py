@@ -1,11 +1,30 @@
-"""Read-ahead: spot sequential streams on an open file and decode ahead of them.
+"""Read-ahead: decode what a reader will ask for next, and nothing it will not.
 
-Like the kernel's readahead: a stream is a run of reads that each start
-where the last one ended (or, backwards, end where it started). Its window
-starts at a few requests and doubles while the run continues, up to a cap;
-a read that fits no stream starts a new one, and the stream it displaces
-has its unstarted read-ahead cancelled. A handful of streams are tracked per
-handle because a memmap or several threads interleave several.
+Two patterns, two trackers:
+
+* `InStep`, one per rate group: windows of channels read together (a memmap
+  per channel, a viewer drawing every trace). The channel read first in a
+  window leads it. The first window is learned from the lead's reads and
+  decoded for the whole group as soon as a second channel reads it too;
+  from then on each window the lead opens is decoded at once for every
+  channel read recently, its own part first. When the lead's new window is
+  next to its last one (a step, forward or backward), the window after it in
+  the direction of travel and the one behind are decoded too, and all of it
+  is put into the kernel's page cache of the followers' files (pagecache.py);
+  a jump or a turn cancels what is no longer wanted. Nothing is read ahead
+  of a random window.
+
+* `ReadAhead`, one per open handle: sequential streams (next offset = last
+  end, forward or backward), like the kernel's readahead: once a run is
+  longer than a window of its group, the window doubles while the run goes
+  on, up to --readahead; a read that fits no stream starts one, and the
+  stream it displaces has its read-ahead cancelled. A stream of page faults
+  (a memmap read through) has what it reads ahead put into the kernel's page
+  cache as it lands (pagecache.py), but for its far end: the reader's read
+  there reaches us and carries the stream on. A handful are tracked
+  because a memmap or several threads interleave several. A channel whose
+  group is being read window by window gets no stream read-ahead: the
+  windows say better what comes next.
 """
 
 from __future__ import annotations
@@ -14,19 +33,237 @@ import collections
 import logging
 import threading
 import time
+import weakref
+
+from .pool import AHEAD, WINDOW
 
 log = logging.getLogger("mef3fs.readahead")
 
 MAX_STREAMS = 4
-MIN_WINDOW = 128 << 10        # bytes: the first window once a run is seen
+MIN_WINDOW = 128 << 10        # bytes: the first stream window once a run is seen
+MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads ahead
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
+STALE = 5.0                   # seconds after which a window or a reader no longer counts
+WINDOW_SECONDS = 300.0        # a window longer than this is a scan
+LEAD_TRIGGER = 2048           # samples (2 pages: predictions drift by one) of the lead's next window kept out
+
+_groups: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()    # channel key -> InStep
+
+
+def group_of(tiles):
+    """The InStep of a channel's rate group, if it has one."""
+    return _groups.get(tiles.key)
+
+
+class InStep:
+    """Windows of the channels of one rate group (see the module docstring).
+
+    The channel that opens a window (the first one read there: a viewer's
+    first trace) is its lead; the others follow. The start of the lead's next
+    window is left out of the page cache, so its first read there reaches us
+    and says where the reader went: next to the last window (a step, forward
+    or backward), or elsewhere (a jump). Followers' reads may never reach us
+    (their window went into the page cache), so they only say who reads.
+    """
+
+    def __init__(self, rows=()):
+        self.rows: list = []
+        self._lock = threading.Lock()
+        self._members: dict = {}              # channel key -> (last read or push, its ReadContext)
+        self._lead = None                     # key of the channel that opened the current window
+        self._win = None                      # (a, b): the current window, in grid samples
+        self._grown = True                    # the window is still being learned (its first)
+        self._t = 0.0                         # last activity in the current window
+        self._last_end = -1                   # where the lead's last read ended
+        self._width = 0                       # samples: a window's length, once known
+        self._direction = 0
+        self._t_fanned = -STALE               # when a window was last decoded for the followers
+        self._planned: list = []              # [(a, b, tokens)] read ahead, still cancellable
+        self._done: collections.deque = collections.deque(maxlen=8)   # (a, b, time) read ahead
+        self._margin = 0                      # samples a window read ahead was widened by at its start
+        for tiles in rows:
+            self.add(tiles)
+
+    def add(self, tiles) -> None:
+        self.rows.append(tiles)
+        _groups[tiles.key] = self
+
+    def after_read(self, cache, tiles, s0: int, s1: int) -> None:
+        """The views' call after a read: decisions are taken before it (before_read)."""
+
+    def window_mode(self, tiles) -> bool:
+        """Is this channel being read window by window (so streams should not read ahead)?"""
+        now = time.monotonic()
+        m = self._members.get(tiles.key)
+        return now - self._t_fanned < STALE and m is not None and now - m[0] < STALE
+
+    def width(self) -> int:
+        return self._width
+
+    def scanned(self, tiles) -> None:
+        """This channel is being scanned: a window it opened is not one."""
+        if self._lead == tiles.key and self._grown:
+            with self._lock:
+                self._win = None
+
+    def _together(self, now: float) -> list:
+        return [r for r in self.rows if r.key in self._members and now - self._members[r.key][0] < STALE]
+
+    def before_read(self, engine, ctx, tiles, s0: int, s1: int) -> None:
+        """A read of samples [s0, s1) of `tiles` is about to wait for them."""
+        now = time.monotonic()
+        key = tiles.key
+        with self._lock:
+            self._members[key] = (now, ctx)
+            plan, cancel = self._decide(tiles, s0, s1, now)
+        if plan or cancel:
+            # carried out by the engine's planner thread: this read returns at once
+            engine.plan(lambda: self._carry_out(engine, ctx, tiles, plan, cancel, now))
+
+    def _carry_out(self, engine, ctx, tiles, plan, cancel, now: float) -> None:
+        for tokens in cancel:
+            engine.cancel(tokens)
+        for a, b, rows, prio, push, own in plan:
+            targets = []
+            for r in push:
+                c = self._members.get(r.key, (0, None))[1]
+                if c is None:
+                    continue
+                if r.key == tiles.key:
+                    # the lead's next window, but for its first page: its read there
+                    # reaches us and says where the reader went
+                    targets.append((c, r, min(b, a + self._margin + LEAD_TRIGGER), b))
+                else:
+                    targets.append((c, r, a, b))
+            tokens = engine.window(rows, a, b, prio, targets, own, ctx)
+            with self._lock:
+                for c, r, _, _ in targets:
+                    self._members[r.key] = (now, c)   # it will read there, unseen
+                if prio == AHEAD:
+                    self._planned.append((a, b, tokens))
+
+    def _decide(self, tiles, s0: int, s1: int, now: float):
+        """Lock held. -> ([(a, b, rows, prio, rows to push, (tiles, s0, s1) or None)], [tokens to cancel])"""
+        key, n = tiles.key, tiles.n
+        size = s1 - s0
+        if self._win is None or now - self._t >= STALE:
+            self._open(key, s0, s1, now, grown=True)
+            self._last_end = s1
+            return [], []
+        a, b = self._win
+        self._t = now
+        if self._grown:
+            # the first window: learned from the lead's reads, decoded for everyone once
+            # another channel reads it too
+            if key == self._lead:
+                # what the lead reads, in whatever order (a memmap copy touches a window's
+                # first and last pages first), until it is longer than a window can be
+                self._win = (min(a, s0), max(b, s1))
+                self._last_end = s1
+                if self._win[1] - self._win[0] > tiles.fs * WINDOW_SECONDS:
+                    self._open(key, s0, s1, now, grown=True)     # a scan, or elsewhere: start again
+                return [], []
+            if s0 < b and a < s1:
+                self._last_end = -1
+                self._grown = False
+                self._width = b - a
+                rows = self.rows
+                self._t_fanned = now
+                return [(a, b, rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1))], []
+        if key != self._lead:
+            self._last_end = -1                # the lead's next read does not continue its last
+            return [], []                      # a follower: it reads what the lead opened
+        page = max(size, 1024)
+        contiguous = abs(s0 - self._last_end) <= page
+        self._last_end = s1
+        # The window's length is known: a read at or past its end is the next window,
+        # and one in its last page too unless it continues the lead's last read.
+        if a <= s0 < b - page or (b - page <= s0 < b and contiguous) or (s0 < a and contiguous):
+            return [], []                      # more of the lead's own window
+        if contiguous and s0 >= b - page and s0 < b + page:
+            # the lead reads on past the window we thought it had: it is wider; twice as
+            # wide, decoded for the others too
+            grow = b - a
+            self._win = (a, b + grow)
+            self._width = b + grow - a
+            rows = self._together(now)
+            if len(rows) < 2:
+                return [], []
+            return [(b, min(n, b + grow), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1))], []
+        # the lead left its window: the next one, the one before, or elsewhere
+        width = self._width or (b - a)
+        slack = max(page, width // 8)
+        delta = s0 - a
+        if abs(delta - width) <= slack:
+            step = 1
+        elif abs(delta + width) <= slack:
+            step = -1
+        else:
+            step = 0
+        if step:
+            width = abs(delta)
+        if width > tiles.fs * WINDOW_SECONDS:
+            self._win = None                   # a scan, not windows
+            return [], []
+        self._width = width
+        self._open(key, s0, s0 + width, now, grown=False)
+        self._last_end = s1
+        rows = self._together(now)
+        if len(rows) < 2:
+            return [], []
+        self._t_fanned = now
+        others = [r for r in rows if r.key != key]
+        cur = (s0, min(n, s0 + width))
+        lead = [r for r in rows if r.key == key]
+        if self._done_before(cur, page, now):
+            # read ahead already (and in the followers' page cache): the lead's own rest only
+            plan = [(cur[0], cur[1], lead, WINDOW, [], (tiles, s0, s1))]
+        else:
+            plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1))]
+        wanted = [cur]
+        if step:
+            for x in (s0 + step * width, s0 - step * width):
+                # a page more at both ends: reads start and end on page boundaries
+                x0, x1 = max(0, x - page), min(n, x + width + page)
+                self._margin = x - x0
+                if x1 > x0:
+                    if not self._done_before((x0, x1), page, now):
+                        plan.append((x0, x1, rows, AHEAD, rows, None))
+                    wanted.append((x0, x1))
+        cancel = []
+        if step != self._direction or not step:
+            # a turn or a jump: read-ahead planned for other windows is no longer wanted
+            keep = []
+            for x0, x1, tokens in self._planned:
+                if any(x0 < y and x < x1 for x, y in wanted):
+                    keep.append((x0, x1, tokens))
+                else:
+                    cancel.append(tokens)
+            self._planned = keep
+        self._direction = step
+        return plan, cancel
+
+    def _done_before(self, span: tuple, slack: int, now: float) -> bool:
+        """Was this window (or one holding it, give or take a page) read ahead for the
+        group just now? If not, it is now: nothing is decoded or stored twice."""
+        x0, x1 = span
+        for a, b, t in self._done:
+            if a - slack <= x0 and x1 <= b + slack and now - t < STALE:
+                return True
+        self._done.append((x0, x1, now))
+        return False
+
+    def _open(self, key, a: int, b: int, now: float, grown: bool) -> None:
+        self._lead, self._win, self._t, self._grown = key, (a, b), now, grown
+        self._last_end = -1
 
 
 class _Stream:
-    __slots__ = ("start", "end", "direction", "window", "horizon", "tokens")
+    __slots__ = ("start", "end", "origin", "direction", "window", "horizon", "tokens")
 
     def __init__(self, start: int, end: int):
         self.start, self.end = start, end
+        self.origin = (start, end)    # where the run began: its length is how far it got
         self.direction = 0        # +1 forward, -1 backward, 0 not yet known
         self.window = 0
         self.horizon = None       # how far read-ahead has been requested already
@@ -34,11 +271,11 @@ class _Stream:
 
 
 class ReadAhead:
-    """Per open file handle; `file.prefetch(lo, hi)` yields (offset, token) pairs."""
+    """Per open file handle; `file.prefetch(ctx, lo, hi)` yields (offset, token) pairs."""
 
-    def __init__(self, file, cache, max_window: int):
+    def __init__(self, file, ctx, max_window: int):
         self._file = file
-        self._cache = cache
+        self._ctx = ctx
         self._max = max(0, int(max_window))
         self._streams: list[_Stream] = []
 
@@ -59,14 +296,22 @@ class ReadAhead:
         self._streams.append(stream)            # most recently used last
         if stream.direction not in (0, direction):
             stream.window, stream.horizon = 0, None
+            stream.origin = (offset, end)
         stream.direction = direction
-        stream.window = min(self._max, max(MIN_WINDOW, 2 * size, 2 * stream.window))
         if direction > 0:
             stream.start, stream.end = max(stream.start, offset), max(stream.end, end)
+            run = stream.end - stream.origin[0]
         else:
             stream.start, stream.end = min(stream.start, offset), min(stream.end, end)
+            run = stream.origin[1] - stream.start
         self._forget_behind(stream)
-        self._schedule(stream)
+        wanted = self._ctx.stream_wanted(offset, run, MIN_RUN)
+        if not wanted:
+            return
+        # at least two tiles ahead: a window smaller than a tile only ever waits for it
+        stream.window = min(self._max, max(MIN_WINDOW, 2 * size, 2 * stream.window,
+                                           2 * self._ctx.tile_bytes(offset)))
+        self._schedule(stream, size)
 
     def _match(self, offset: int, end: int, tol: int):
         """The stream this read continues, and which way: forward runs first,
@@ -81,7 +326,7 @@ class ReadAhead:
                 return s, -1
         return None, 0
 
-    def _schedule(self, s: _Stream) -> None:
+    def _schedule(self, s: _Stream, size: int) -> None:
         size = self._file.size
         if s.direction > 0:
             lo = max(s.end, s.horizon if s.horizon is not None else s.end)
@@ -95,8 +340,12 @@ class ReadAhead:
             if hi <= lo:
                 return
             s.horizon = lo
-        for offset, token in self._file.prefetch(self._cache, lo, hi):
+        got = self._ctx.prefetch_range(self._file, lo, hi)
+        for offset, token in got:
             s.tokens.append((offset, token))
+        if s.direction > 0 and hi >= size:
+            self._ctx.prefetch_next_channel()   # a scan of one channel after another
+        self._ctx.push_stream(lo, hi, s.direction, size)
         log.debug("read-ahead %s [%d, %d) window %d", self._file.label, lo, hi, s.window)
 
     def _forget_behind(self, s: _Stream) -> None:
@@ -106,52 +355,10 @@ class ReadAhead:
             s.tokens.popleft()
 
     def _drop(self, s: _Stream) -> None:
-        for _, token in s.tokens:
-            self._cache.cancel(token)
+        self._ctx.cancel([token for _, token in s.tokens])
         s.tokens.clear()
 
     def close(self) -> None:
         for s in self._streams:
             self._drop(s)
         self._streams.clear()
-
-
-class InStep:
-    """Channels of one sampling rate read at the same stretch of time.
-
-    Reading the same window of every channel (a memmap per channel, a viewer
-    drawing all traces) visits the channels one after another, each waiting
-    on its own decode. Once a second channel reads a stretch that another
-    channel just read, the stretch is decoded in the background for every
-    other channel of the group, so the rest find it decoded.
-    """
-
-    WINDOW = 2.0          # seconds within which two channels count as in step
-    REMEMBER = 64
-
-    def __init__(self, group):
-        self._group = group
-        self._lock = threading.Lock()
-        self._recent = collections.deque(maxlen=self.REMEMBER)   # (s0, s1, channel key, time)
-        self._spread = collections.deque(maxlen=self.REMEMBER)   # stretches already fanned out
-
-    def add(self, tiles) -> None:
-        self._group.append(tiles)
-
-    def after_read(self, cache, tiles, s0: int, s1: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            partner = any(key != tiles.key and now - t < self.WINDOW and a < s1 and s0 < b
-                          for a, b, key, t in self._recent)
-            self._recent.append((s0, s1, tiles.key, now))
-            if not partner or any(a <= s0 and s1 <= b for a, b in self._spread):
-                return
-            self._spread.append((s0, s1))
-        scheduled = 0
-        for row in self._group:
-            if row.key != tiles.key:
-                for i in row.tiles_for(s0, s1):
-                    scheduled += cache.prefetch(row, i) is not None
-        if scheduled:
-            log.debug("in step: %s samples [%d, %d) read ahead on %d tiles of %d channels",
-                      tiles.label, s0, s1, scheduled, len(self._group) - 1)

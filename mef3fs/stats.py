@@ -1,7 +1,8 @@
 """Counters behind `.mef3fs-stats.json`: the only way to see what the engine did.
 
 Tests use them to prove cache hits, single-flight, read-ahead and worker
-restarts without timing anything.
+restarts without timing anything; the bench divides them (tiles decoded per
+tile used, read-ahead used before eviction).
 """
 
 import threading
@@ -13,6 +14,10 @@ COUNTERS = (
     "readahead_scheduled", "readahead_hits", "readahead_cancelled",
     "evictions", "expired", "worker_restarts", "task_retries",
     "indexes_loaded", "indexes_dropped",
+    # what happened to tiles: decoded, used by a reader (read through FUSE or
+    # pushed into the kernel's page cache for one), read ahead but dropped unused
+    "tiles_decoded", "tiles_used", "tiles_pushed", "readahead_unused",
+    "jobs", "windows", "windows_ahead", "pushes", "push_bytes",
 )
 
 
@@ -26,6 +31,13 @@ class Stats:
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def add_many(self, counts: dict) -> None:
+        """Several counters under one lock (the read path adds five per request)."""
+        with self._lock:
+            for name, n in counts.items():
+                if n:
+                    self._counts[name] += n
 
     def snapshot(self) -> dict:
         with self._lock:

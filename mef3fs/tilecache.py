@@ -1,8 +1,17 @@
 """The tile cache: how a sample range becomes decoded float32 arrays.
 
-Tiles are cut by tiles.py; the cache is shared by every session: a global
-byte budget, LRU eviction, idle expiry, and single-flight (two readers of one
-missing tile cause one decode).
+Shared by every session: one byte budget, LRU eviction, idle expiry, and
+single-flight (two readers of one missing tile cause one decode). Missing
+tiles are decoded in jobs (decoders.Job): consecutive tiles of a channel,
+and the same tiles of several channels of one rate, go to a worker as one
+call, which costs less per tile and crosses to the daemon once. Read-ahead
+(readahead.py) asks for tiles through `want`; it may hold at most half the
+budget (in flight or decoded and not yet read), so it never evicts what
+readers are using.
+
+Counters (stats.py) say what happened to every tile: decoded, used by a
+reader (or pushed into the kernel's page cache for one), read ahead and used,
+read ahead and dropped unused.
 """
 
 from __future__ import annotations
@@ -11,49 +20,58 @@ import collections
 import logging
 import threading
 import time
-from concurrent.futures import Future, CancelledError
+from concurrent.futures import CancelledError
+
 import numpy as np
 
-from .decoders import BACKGROUND, FOREGROUND, DecodeError, DecodeSpec
-from .tiles import ChannelTiles, grid_time
+from .decoders import DecodeError, Job
+from .pool import AHEAD, FOREGROUND, Ticket
+from .tiles import grid_time
 
 log = logging.getLogger("mef3fs.cache")
 
+MAX_JOB_SAMPLES = 80_000      # per job: ~10 ms of decoding on one core, under 1 MB to carry
+
+
+class _Entry:
+    __slots__ = ("arr", "used_at", "prefetched", "used")
+
+    def __init__(self, arr, prefetched: bool, used: bool):
+        self.arr, self.prefetched, self.used = arr, prefetched, used
+        self.used_at = time.monotonic()
+
 
 class _Flight:
-    """A tile being decoded: readers wait on `future`; `task` is the pool's, if any."""
-    __slots__ = ("future", "task", "background", "spec", "nbytes", "overflow", "inprocess")
+    """One tile being decoded, as tile `index` of a ticket's job."""
+    __slots__ = ("key", "first", "ticket", "index", "nbytes", "background", "wanted")
 
-    def __init__(self, future: Future, task, background: bool, spec: DecodeSpec):
-        self.future, self.task, self.background, self.spec = future, task, background, spec
-        self.nbytes = spec.nbytes
-        self.inprocess = task is None   # decoded by the thread that started it
-        self.overflow = False     # decoded in the caller's thread because every worker was busy
+    def __init__(self, key, first: int, nbytes: int, background: bool):
+        self.key, self.first, self.nbytes, self.background = key, first, nbytes, background
+        self.ticket: Ticket | None = None
+        self.index = 0
+        self.wanted = True        # False once read-ahead cancelled it
 
 
 class TileCache:
     """Decoded tiles of every mounted session under one byte budget."""
 
     def __init__(self, budget: int, ttl: float, pool, inprocess_decoder, inprocess_samples: int, stats,
-                 readahead: bool = True):
+                 readahead: bool = True, workers: int = 1):
         self.budget = int(budget)
         self.readahead = readahead              # --readahead 0 turns every kind off
         self.ttl = float(ttl)
-        self._pool = pool                       # None: decode everything in-process
-        # One foreground tile at a time may skip the queue and be decoded in
-        # the caller's thread while read-ahead keeps every worker busy; more
-        # would oversubscribe the cores and hold a tile's buffers per thread.
-        self._overflow = threading.BoundedSemaphore(1)
+        self._pool = pool                       # None: decode everything in the caller's thread
         self._inprocess = inprocess_decoder
         self._inprocess_samples = inprocess_samples
+        self._workers = max(1, workers)
         self._stats = stats
-        # Re-entrant: a decode that finishes before its callback is attached
-        # runs the callback at once, in the thread that holds the lock.
+        # Re-entrant: a job that finishes before its callback is attached runs
+        # the callback at once, in the thread that holds the lock.
         self._lock = threading.RLock()
-        self._tiles: collections.OrderedDict = collections.OrderedDict()   # key -> (array, last use)
+        self._tiles: collections.OrderedDict = collections.OrderedDict()   # key -> _Entry
         self._bytes = 0
-        self._flights: dict = {}
-        self._unread: dict = {}                 # prefetched tiles no reader has used yet -> bytes
+        self._flights: dict = {}                # key -> _Flight
+        self._jobs: dict = {}                   # ticket id -> its flights, in job order
         self._readahead_bytes = 0               # read-ahead in flight + unread: at most budget/2
         self._stop = threading.Event()
         self._janitor = None
@@ -74,167 +92,348 @@ class TileCache:
     def snapshot(self) -> dict:
         with self._lock:
             return {"cache_bytes": self._bytes, "cache_tiles": len(self._tiles),
-                    "cache_budget": self.budget, "tiles_in_flight": len(self._flights)}
+                    "cache_budget": self.budget, "tiles_in_flight": len(self._flights),
+                    "readahead_bytes": self._readahead_bytes}
 
     # -- reading ------------------------------------------------------------
 
-    def samples(self, tiles: ChannelTiles, s0: int, s1: int, out: np.ndarray) -> None:
-        """Fill out[:s1-s0] with grid samples [s0, s1) of the channel."""
-        for i in tiles.tiles_for(s0, s1):
-            a, b = tiles.bounds(i)
+    def samples(self, tiles, s0: int, s1: int, out: np.ndarray, rec=None) -> None:
+        """Fill out[:s1-s0] with grid samples [s0, s1) of the channel.
+
+        One pass under the lock finds what is cached, what is in flight and
+        what to decode (one foreground job for all of it); then the cached
+        parts are copied while the rest decodes."""
+        spans = [(i,) + tiles.bounds(i) for i in tiles.tiles_for(s0, s1)]
+        ready, waits, missing = [], [], []
+        label = tiles.channel
+        counts = {"hits": 0, "misses": 0, "single_flight_waits": 0, "readahead_hits": 0, "tiles_used": 0}
+        base = tiles.key
+        with self._lock:
+            now = time.monotonic()
+            for i, a, b in spans:
+                if not tiles.has_data(i):
+                    ready.append((a, b, None))
+                    continue
+                key = base + (i,)
+                e = self._tiles.get(key)
+                if e is not None:
+                    e.used_at = now
+                    self._tiles.move_to_end(key)
+                    counts["hits"] += 1
+                    how = "hit"
+                    if not e.used:
+                        e.used = True
+                        counts["tiles_used"] += 1
+                        if e.prefetched:
+                            self._readahead_bytes -= e.arr.nbytes
+                            counts["readahead_hits"] += 1
+                            how = "readahead"
+                    ready.append((a, b, e.arr))
+                    if rec is not None:
+                        rec.tile(label, i, a, b, how)
+                    continue
+                f = self._flights.get(key)
+                if f is not None:
+                    counts["single_flight_waits"] += 1
+                    if f.background:
+                        counts["readahead_hits"] += 1
+                        f.background = False
+                        self._readahead_bytes -= f.nbytes
+                        if f.ticket is not None and self._pool is not None:
+                            self._pool.promote(f.ticket)
+                    f.wanted = True
+                    waits.append((a, b, f, f.ticket))
+                    if rec is not None:
+                        rec.tile(label, i, a, b, "inflight")
+                    continue
+                counts["misses"] += 1
+                missing.append((i, a, b))
+                if rec is not None:
+                    rec.tile(label, i, a, b, "decoded")
+            here = []
+            if missing:
+                for f, a, b in self._start([(tiles, missing)], FOREGROUND):
+                    waits.append((a, b, f, f.ticket))
+                    if f.ticket.here:
+                        here.append(f.ticket)
+        self._stats.add_many(counts)
+        t = time.monotonic() if rec is not None else 0.0
+        for a, b, arr in ready:
             lo, hi = max(a, s0), min(b, s1)
-            dst = out[lo - s0:hi - s0]
-            if not tiles.has_data(i):
-                dst.fill(np.nan)
-                continue
-            tile = self.get(tiles, i)
-            dst[:] = tile[lo - a:hi - a]
-
-    def get(self, tiles: ChannelTiles, i: int) -> np.ndarray:
-        key = tiles.key + (i,)
-        with self._lock:
-            hit = self._tiles.get(key)
-            if hit is not None:
-                self._tiles[key] = (hit[0], time.monotonic())
-                self._tiles.move_to_end(key)
-                self._stats.add("hits")
-                if key in self._unread:
-                    self._readahead_bytes -= self._unread.pop(key)
-                    self._stats.add("readahead_hits")
-                log.debug("cache hit %s tile %d", tiles.label, i)
-                return hit[0]
-            flight = self._flights.get(key)
-            if flight is not None:
-                self._stats.add("single_flight_waits")
-                if flight.background:
-                    self._stats.add("readahead_hits")
-                    flight.background = False
-                    self._readahead_bytes -= flight.nbytes
-                    if flight.task is not None:
-                        self._pool.promote(flight.task)
-                log.debug("cache wait %s tile %d (already decoding)", tiles.label, i)
-                own, future = False, flight.future
+            if arr is None:
+                out[lo - s0:hi - s0] = np.nan
             else:
-                self._stats.add("misses")
-                flight, future = self._start(tiles, i, key, background=False)
-                own = flight.inprocess
-        if own:
-            self._decode_here(tiles, i, key, flight)
+                out[lo - s0:hi - s0] = arr[lo - a:hi - a]
+        if rec is not None:
+            rec.copy += time.monotonic() - t
+        for ticket in dict.fromkeys(here):
+            self._run_here(ticket)
+        for a, b, f, ticket in waits:
+            arr = self._wait(tiles, f, ticket, rec)
+            t = time.monotonic() if rec is not None else 0.0
+            lo, hi = max(a, s0), min(b, s1)
+            if arr is None:           # cancelled under us: decode it again
+                self.samples(tiles, lo, hi, out[lo - s0:hi - s0], rec)
+            else:
+                out[lo - s0:hi - s0] = arr[lo - a:hi - a]
+            if rec is not None:
+                rec.copy += time.monotonic() - t
+
+    def _wait(self, tiles, f: _Flight, ticket: Ticket, rec):
+        """The flight's tile once its job lands; None if the job was cancelled."""
+        t = time.monotonic() if rec is not None else 0.0
         try:
-            return future.result()
+            result = ticket.future.result()
         except CancelledError:
-            # a read-ahead that was cancelled just as we came to wait on it
-            return self.get(tiles, i)
+            with self._lock:
+                if self._flights.get(f.key) is f:
+                    del self._flights[f.key]
+            return None
         except DecodeError as exc:
-            a, b = tiles.bounds(i)
-            ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
-            err = DecodeError(f"{tiles.label} uUTC {ts:.0f}-{te:.0f}: {exc}")
-            err.channel, err.span, err.reason = tiles.channel, (round(ts), round(te)), str(exc)
-            raise err from None
-
-    def _start(self, tiles: ChannelTiles, i: int, key, background: bool):
-        """Register a decode (lock held); returns the flight and its future (the
-        flight lets go of it when it lands). Small tiles are decoded by the caller."""
-        spec = tiles.spec(i)
-        if self._pool is None or (not background and (
-                spec.n <= self._inprocess_samples
-                or (not self._pool.idle() and self._overflow.acquire(blocking=False)))):
-            flight = _Flight(Future(), None, background, spec)
-            flight.overflow = self._pool is not None and spec.n > self._inprocess_samples
-        else:
-            lane = BACKGROUND if background else FOREGROUND
-            task = self._pool.submit(spec, lane)
-            flight = _Flight(task.future, task, background, spec)
-        self._flights[key] = flight
-        if background:
-            self._readahead_bytes += spec.nbytes
-        future = flight.future
-        if flight.task is not None:
-            future.add_done_callback(lambda f, k=key, fl=flight: self._landed(k, fl, f))
-        log.debug("cache miss %s tile %d [%d, %d) -> %s", tiles.label, i, *tiles.bounds(i),
-                  "in-process" if flight.inprocess else ("background" if background else "foreground") + " lane")
-        return flight, future
-
-    def _decode_here(self, tiles: ChannelTiles, i: int, key, flight: _Flight) -> None:
-        self._stats.add("decodes_inprocess")
-        try:
-            arr = self._inprocess.read(flight.spec)
-        except DecodeError as exc:
-            flight.future.set_exception(exc)
-        except Exception as exc:   # never leave waiters hanging
-            flight.future.set_exception(DecodeError(f"{type(exc).__name__}: {exc}"))
-        else:
-            arr.setflags(write=False)
-            flight.future.set_result(arr)
+            result = [exc] * (f.index + 1)
         finally:
-            if flight.overflow:
-                self._overflow.release()
-        self._landed(key, flight, flight.future)
+            if rec is not None:
+                rec.waited(ticket, t, time.monotonic())
+        item = result[f.index]
+        if isinstance(item, Exception):
+            a, b = tiles.bounds(f.key[-1])
+            ts, te = grid_time(tiles.t0, tiles.fs, a), grid_time(tiles.t0, tiles.fs, b)
+            err = DecodeError(f"{tiles.label} uUTC {ts:.0f}-{te:.0f}: {item}")
+            err.channel, err.span, err.reason = tiles.channel, (round(ts), round(te)), str(item)
+            raise err from None
+        return item
 
-    def _landed(self, key, flight: _Flight, future: Future) -> None:
+    def peek(self, tiles, s0: int, s1: int, out: np.ndarray) -> bool:
+        """Fill out from cached tiles only (for the kernel page cache); False if one is missing.
+        Tiles seen here count as used: the reader will find them in the page cache."""
+        spans = [(i,) + tiles.bounds(i) for i in tiles.tiles_for(s0, s1)]
+        got, used, ahead = [], 0, 0
         with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            if flight.background:
-                self._readahead_bytes -= flight.nbytes
-            # Read-ahead tokens keep the flight until their stream passes it;
-            # they must not keep the decoded tile alive once the cache drops it.
-            flight.future = flight.task = None
-            if future.cancelled():
-                return
-            if future.exception() is not None:
-                self._stats.add("decode_errors")
-                return
-            arr = future.result()
-            self._insert(key, arr, flight.background)
-        if self.on_decoded is not None:
-            try:
-                self.on_decoded(key, flight.spec.first, arr)
-            except Exception:
-                log.exception("on_decoded hook failed for %s", key)
+            for i, a, b in spans:
+                if not tiles.has_data(i):
+                    got.append((a, b, None))
+                    continue
+                e = self._tiles.get(tiles.key + (i,))
+                if e is None:
+                    return False
+                got.append((a, b, e))
+            for _, _, e in got:
+                if e is not None and not e.used:
+                    e.used = True
+                    used += 1
+                    if e.prefetched:
+                        self._readahead_bytes -= e.arr.nbytes
+                        ahead += 1
+        got = [(a, b, None if e is None else e.arr) for a, b, e in got]
+        for a, b, arr in got:
+            lo, hi = max(a, s0), min(b, s1)
+            out[lo - s0:hi - s0] = np.nan if arr is None else arr[lo - a:hi - a]
+        if used:
+            self._stats.add_many({"tiles_used": used, "tiles_pushed": used, "readahead_hits": ahead})
+        return True
 
-    def _insert(self, key, arr: np.ndarray, prefetched: bool) -> None:
+    def pending(self, tiles, s0: int, s1: int) -> list:
+        """Tickets still decoding tiles of [s0, s1) of a channel."""
+        with self._lock:
+            out = []
+            for i in tiles.tiles_for(s0, s1):
+                f = self._flights.get(tiles.key + (i,))
+                if f is not None and f.ticket is not None:
+                    out.append(f.ticket)
+            return out
+
+    # -- read-ahead ---------------------------------------------------------
+
+    def want(self, items, prio: int = AHEAD) -> dict:
+        """Decode these (tiles, tile id) in the background unless cached or in flight.
+        Returns {tile key: cancel token} for the tiles scheduled."""
+        if self._pool is None or not self.readahead:
+            return {}
+        by_row: dict = {}
+        with self._lock:
+            room = self.budget // 2 - self._readahead_bytes
+            for tiles, i in items:
+                key = tiles.key + (i,)
+                if key in self._tiles or key in self._flights or not tiles.has_data(i):
+                    continue
+                a, b = tiles.bounds(i)
+                if 4 * (b - a) > room:
+                    break        # read-ahead may use half the budget, never the readers' half
+                room -= 4 * (b - a)
+                by_row.setdefault(tiles.key, (tiles, []))[1].append((i, a, b))
+            flights = {f.key: f for f, _, _ in self._start(list(by_row.values()), prio)} if by_row else {}
+        if flights:
+            self._stats.add("readahead_scheduled", len(flights))
+        return flights
+
+    def prefetch(self, tiles, i: int):
+        """One tile in the background; a token or None."""
+        return self.want([(tiles, i)]).get(tiles.key + (i,))
+
+    def cancel(self, token) -> None:
+        """Read-ahead nobody needs any more: drop it, or stop its job if no tile of it is wanted."""
+        with self._lock:
+            if not token.background or not token.wanted:
+                return
+            token.wanted = False
+            ticket = token.ticket
+            flights = self._jobs.get(ticket.jid) if ticket is not None else None
+            if not flights or any(f.wanted or not f.background for f in flights):
+                return
+            if self._pool.cancel(ticket):
+                # its callback (_landed) forgets the flights; a running job's tiles
+                # are forgotten now, so a reader that comes for them decodes anew
+                for f in flights:
+                    if self._flights.get(f.key) is f:
+                        del self._flights[f.key]
+                        self._readahead_bytes -= f.nbytes
+                        f.background = False
+                self._jobs.pop(ticket.jid, None)
+                self._stats.add("readahead_cancelled", len(flights))
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("read-ahead cancelled: job %d (%d tiles)", ticket.jid, len(flights))
+
+    # -- decoding -----------------------------------------------------------
+
+    def _start(self, rows: list, prio: int):
+        """Lock held: jobs for these tiles, [(tiles, [(i, a, b), ...]), ...] (one or more
+        channels); registers a flight per tile. -> [(flight, a, b)]"""
+        background = prio != FOREGROUND
+        groups = self._plan(rows, background)
+        out = []
+        for job, members in groups:
+            ticket = self._submit(job, prio, members)
+            flights = []
+            for k, (t, i, a, b) in enumerate(members):
+                f = _Flight(t.key + (i,), a, 4 * (b - a), background)
+                f.ticket, f.index = ticket, k
+                self._flights[f.key] = f
+                if background:
+                    self._readahead_bytes += f.nbytes
+                flights.append(f)
+                out.append((f, a, b))
+            self._jobs[ticket.jid] = flights
+            if not ticket.here:
+                # by id, not by ticket: the future keeps its callbacks, and a ticket in one
+                # would keep the job's tiles alive until the garbage collector came by
+                ticket.future.add_done_callback(lambda fut, jid=ticket.jid: self._landed(jid, fut))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("decode %s: %s x [%d, %d) in %d tile(s), lane %d%s", job.session_path,
+                          ",".join(job.channels), job.first, job.first + job.n, job.tiles, prio,
+                          " (here)" if ticket.here else "")
+        return out
+
+    def _submit(self, job: Job, prio: int, members) -> Ticket:
+        if self._pool is None or (prio == FOREGROUND and job.n * len(job.channels) <= self._inprocess_samples):
+            # small tiles: the round trip to a worker costs more than decoding here
+            t = Ticket(job, FOREGROUND, 0)
+            t.here, t.jid = True, -id(t)
+            return t
+        return self._pool.submit(job, prio, here_ok=prio == FOREGROUND)
+
+    def _plan(self, rows, background: bool) -> list:
+        """Jobs for the tiles of these channels: runs of consecutive tiles with exact grid
+        windows, the same run of several channels together, at most MAX_JOB_SAMPLES each,
+        and a waiting read spread over every worker. -> [(job, [(tiles, i, a, b), ...])]"""
+        groups: dict = {}
+        for tiles, runs in rows:
+            for run in _runs(tiles, sorted(runs), MAX_JOB_SAMPLES):
+                first, last = run[0], run[-1]
+                spec = tiles.spec(first[0]) if len(run) == 1 else None
+                if spec is not None:
+                    ts, te = spec.ts, spec.te
+                else:
+                    ts, te = grid_time(tiles.t0, tiles.fs, first[1]), grid_time(tiles.t0, tiles.fs, last[2])
+                cuts = tuple(a - first[1] for _, a, _ in run) + (last[2] - first[1],)
+                sig = (tiles.session_path, tiles.identity, tiles.t0, tiles.fs, ts, te, first[1], cuts)
+                groups.setdefault(sig, []).append((tiles, run))
+        jobs_wanted = max(len(groups), self._workers)      # one for every worker at least
+        out = []
+        for (path, identity, t0, fs, ts, te, first, cuts), members in groups.items():
+            n = cuts[-1]
+            by_size = MAX_JOB_SAMPLES // max(n, 1)                        # channels in a job
+            by_spread = -(-len(members) * len(groups) // jobs_wanted)     # ... so the work spreads
+            per = max(1, min(by_size, by_spread))
+            for k in range(0, len(members), per):
+                chunk = members[k:k + per]
+                job = Job(path, tuple(t.channel for t, _ in chunk), ts, te, n, t0, fs, first, cuts, identity)
+                out.append((job, [(t, i, a, b) for t, run in chunk for i, a, b in run]))
+        if not background and len(out) < self._workers:
+            out = _split_long(out, self._workers)
+        return out
+
+    def _run_here(self, ticket: Ticket) -> None:
+        """Decode a job in the caller's thread (small tiles, or every worker busy)."""
+        if ticket.jid > 0:
+            self._pool.run_here(ticket)       # the pool counts it and lets the overflow slot go
+        else:
+            from .decoders import read_job
+            try:
+                tiles = read_job(self._inprocess, ticket.job)
+            except DecodeError as exc:
+                tiles = [exc] * ticket.job.tiles
+            except Exception as exc:          # never leave waiters hanging
+                tiles = [DecodeError(f"{type(exc).__name__}: {exc}")] * ticket.job.tiles
+            ticket.t_done = ticket.t_landed = time.monotonic()
+            self._stats.add_many({"decodes_inprocess": ticket.job.tiles, "jobs": 1})
+            ticket.future.set_result(tiles)
+        self._landed(ticket.jid, ticket.future)
+
+    def _landed(self, jid: int, fut) -> None:
+        with self._lock:
+            flights = self._jobs.pop(jid, None)
+            if flights is None:
+                return
+            result = None if fut.cancelled() else (fut.exception() or fut.result())
+            decoded, landed = 0, []
+            for f in flights:
+                if self._flights.get(f.key) is f:
+                    del self._flights[f.key]
+                if f.background:
+                    self._readahead_bytes -= f.nbytes
+                # read-ahead tokens keep their flight until the stream passes it: they
+                # must not keep the job's tiles alive once the cache lets them go
+                f.ticket = None
+                item = result[f.index] if isinstance(result, list) else result
+                if item is None or isinstance(item, BaseException):
+                    if item is not None:
+                        self._stats.add("decode_errors")
+                    continue
+                decoded += 1
+                item.setflags(write=False)
+                self._insert(f.key, item, f.background, used=not f.background)
+                landed.append((f.key, f.first, item))
+            if decoded:
+                self._stats.add_many({"tiles_decoded": decoded,
+                                      "tiles_used": sum(1 for f in flights if not f.background)})
+        if self.on_decoded is not None:
+            for key, first, arr in landed:
+                try:
+                    self.on_decoded(key, first, arr)
+                except Exception:
+                    log.exception("on_decoded hook failed for %s", key)
+
+    def _insert(self, key, arr: np.ndarray, prefetched: bool, used: bool) -> None:
         """Lock held. A tile larger than the whole budget is served, not kept."""
         nbytes = arr.nbytes
         if nbytes > self.budget or key in self._tiles:
             return
         while self._bytes + nbytes > self.budget and self._tiles:
-            old, (old_arr, _) = self._tiles.popitem(last=False)
-            self._bytes -= old_arr.nbytes
-            self._readahead_bytes -= self._unread.pop(old, 0)
+            old, e = self._tiles.popitem(last=False)
+            self._drop(e)
             self._stats.add("evictions")
-            log.debug("cache evict %s (%d bytes)", old, old_arr.nbytes)
-        self._tiles[key] = (arr, time.monotonic())
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("cache evict %s (%d bytes)", old, e.arr.nbytes)
+        self._tiles[key] = _Entry(arr, prefetched, used)
         self._bytes += nbytes
         if prefetched:
-            self._unread[key] = nbytes
             self._readahead_bytes += nbytes
 
-    # -- read-ahead ---------------------------------------------------------
-
-    def prefetch(self, tiles: ChannelTiles, i: int):
-        """Start a background decode of tile i unless present; returns a token to cancel it."""
-        if self._pool is None or not self.readahead or not tiles.has_data(i):
-            return None
-        key = tiles.key + (i,)
-        with self._lock:
-            if key in self._tiles or key in self._flights:
-                return None
-            a, b = tiles.bounds(i)
-            if self._readahead_bytes + 4 * (b - a) > self.budget // 2:
-                return None   # read-ahead may use half the budget, never the readers' half
-            flight, _ = self._start(tiles, i, key, background=True)
-        self._stats.add("readahead_scheduled")
-        return key, flight
-
-    def cancel(self, token) -> None:
-        """Drop a read-ahead that nobody needs any more, if it has not started."""
-        key, flight = token
-        task = flight.task
-        if flight.background and task is not None and self._pool.cancel(task):
-            # the cancelled future's callback (_landed) forgets the flight
-            self._stats.add("readahead_cancelled")
-            log.debug("read-ahead cancelled %s", key)
+    def _drop(self, e: _Entry) -> None:
+        self._bytes -= e.arr.nbytes
+        if e.prefetched and not e.used:
+            self._readahead_bytes -= e.arr.nbytes
+            self._stats.add("readahead_unused")
 
     # -- idle expiry --------------------------------------------------------
 
@@ -246,11 +445,54 @@ class TileCache:
     def expire(self) -> None:
         limit = time.monotonic() - self.ttl
         with self._lock:
-            stale = [k for k, (_, used) in self._tiles.items() if used < limit]
+            stale = [k for k, e in self._tiles.items() if e.used_at < limit]
             for k in stale:
-                arr, _ = self._tiles.pop(k)
-                self._bytes -= arr.nbytes
-                self._readahead_bytes -= self._unread.pop(k, 0)
+                self._drop(self._tiles.pop(k))
             if stale:
                 self._stats.add("expired", len(stale))
-                log.debug("cache expired %d idle tiles", len(stale))
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("cache expired %d idle tiles", len(stale))
+
+
+def _runs(tiles, items, limit: int):
+    """Split sorted (i, a, b) into runs of adjacent tiles whose windows are their exact
+    grid windows (so one window decodes them all), each at most `limit` samples."""
+    run = []
+    for i, a, b in items:
+        exact = _exact(tiles, i, a, b)
+        if run and exact and run[-1][2] == a and run[-1][3] and b - run[0][1] <= limit:
+            run.append((i, a, b, True))
+            continue
+        if run:
+            yield [(x, y, z) for x, y, z, _ in run]
+        run = [(i, a, b, exact)]
+    if run:
+        yield [(x, y, z) for x, y, z, _ in run]
+
+
+def _exact(tiles, i: int, a: int, b: int) -> bool:
+    spec = tiles.spec(i)
+    return spec.ts == grid_time(tiles.t0, tiles.fs, a) and spec.te == grid_time(tiles.t0, tiles.fs, b)
+
+
+def _split_long(jobs: list, parts: int) -> list:
+    """A waiting read of many tiles of one channel: cut its runs so every worker takes a part."""
+    out = []
+    for job, members in jobs:
+        k = min(parts, len(members)) if len(job.channels) == 1 else 1
+        if k <= 1:
+            out.append((job, members))
+            continue
+        size = -(-len(members) // k)
+        for j in range(0, len(members), size):
+            part = members[j:j + size]
+            tiles0, _, a0, _ = part[0]
+            b1 = part[-1][3]
+            cuts = tuple(a - a0 for _, _, a, _ in part) + (b1 - a0,)
+            if len(part) == len(members):
+                ts, te = job.ts, job.te
+            else:
+                ts, te = grid_time(job.t0, job.fs, a0), grid_time(job.t0, job.fs, b1)
+            out.append((Job(job.session_path, job.channels, ts, te, b1 - a0, job.t0, job.fs, a0, cuts,
+                            job.identity), part))
+    return out

@@ -1,0 +1,209 @@
+"""Read-ahead by windows and streams, and the trace, shown through real mounts (issue 10).
+
+What is claimed, and read off `.mef3fs-stats.json` or the `--trace` file
+(never off a clock):
+
+* a trace line per FUSE read says which tiles it needed and how each was
+  served, for a known sequence of reads;
+* random windows of every channel decode what the windows read and nothing
+  ahead (tiles decoded <= 1.5x tiles used, no window read ahead);
+* a scan uses at least 90% of what was read ahead for it;
+* paging: after page k of every channel, page k+1 of every channel is
+  decoded or in flight (reading it through another view finds no miss), and
+  a jump back cancels what was read ahead for the other direction.
+
+Every byte read is compared with the reference. Waits are bounded polls of
+the stats file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_stats
+from tests.sessions import reference
+from tests.test_engine import (LONG_CHANNELS, LONG_FS, LONG_SECONDS, NPY_HEADER, assert_same_bytes,
+                               build_long_session, counters, delta, session_dir, wait_stats)
+
+TILE = int(LONG_FS)            # --tile-seconds 1 on 1 s MEF blocks: tile k = samples [k*TILE, (k+1)*TILE)
+KEYS = ("tiles_decoded", "tiles_used", "tiles_pushed", "readahead_scheduled", "readahead_hits",
+        "readahead_cancelled", "readahead_unused", "misses", "hits", "windows", "windows_ahead")
+
+
+@pytest.fixture(scope="module")
+def long_source(tmp_path_factory):
+    src = tmp_path_factory.mktemp("readahead-long")
+    build_long_session(src / "long.mefd")
+    return src
+
+
+def mount_ready(mount_fs, source, *args):
+    m = mount_fs(source, *args)
+    wait_stats(m, lambda s: s["workers_ready"] >= s["workers"], "decoder workers ready")
+    return m
+
+
+def settle(m):
+    return wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+
+
+def window(maps, session, ch, a, n):
+    got = np.asarray(maps[ch][a:a + n])
+    np.testing.assert_array_equal(got.view(np.uint32), reference(session, ch)[a:a + n].view(np.uint32),
+                                  err_msg=f"{ch} [{a}, {a + n})")
+
+
+# ---------------------------------------------------------------------------
+# the trace
+# ---------------------------------------------------------------------------
+
+def test_trace_says_how_each_tile_of_each_read_was_served(mount_fs, long_source, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    m = mount_ready(mount_fs, long_source, "--workers", "1", "--readahead", "0", "--tile-seconds", "1",
+                    "--trace", trace)
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    want = reference(session, "k2").tobytes()
+    # page-aligned reads of at most 128 KiB: each is one FUSE request, in this order
+    reads = [("k2.f32", 0, 4096), ("k2.f32", 8192, 4096), ("k2.f32", 126976, 8192),
+             ("k2.f32", 40 * 4096, 4096), ("k2.npy", 4096 * 3, 4096), ("k2.f32", 4096 * 218, 65536)]
+    for name, off, ln in reads:
+        fd = os.open(d / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            got = os.pread(fd, ln, off)
+        finally:
+            os.close(fd)
+        skip = NPY_HEADER if name.endswith(".npy") else 0
+        assert_same_bytes(got, want[off - skip:off - skip + ln], f"{name} pread({ln}, {off})")
+    read_stats(m)                     # the daemon flushes the trace for whoever reads the counters
+    lines = [json.loads(x) for x in Path(trace).read_text().splitlines()]
+    data = [r for r in lines if "event" not in r and r["path"].endswith(("k2.f32", "k2.npy"))]
+    assert [(Path(r["path"]).name, r["offset"], r["size"]) for r in data] == reads, data
+    seen = set()
+    for r, (name, off, ln) in zip(data, reads):
+        skip = NPY_HEADER if name.endswith(".npy") else 0
+        s0, s1 = max(0, off - skip) // 4, -(-(off - skip + ln) // 4)
+        want_tiles = list(range(s0 // TILE, (s1 - 1) // TILE + 1))
+        assert r["returned"] == ln and r["pid"] == os.getpid(), r
+        assert [(t[0], t[2], t[3]) for t in r["tiles"]] == [("k2", k * TILE, (k + 1) * TILE) for k in want_tiles], r
+        for t, k in zip(r["tiles"], want_tiles):
+            assert t[4] == ("hit" if k in seen else "decoded"), (r, k, seen)
+        seen.update(want_tiles)
+        assert 0 <= r["wait_ms"] <= r["ms"] + 0.01, r
+        assert min(r["queued_ms"], r["decode_ms"], r["ipc_ms"], r["copy_ms"]) >= 0, r
+        if any(t[4] == "decoded" for t in r["tiles"]):
+            assert r["wait_ms"] > 0 and r["decode_ms"] > 0, r
+        else:
+            assert r["wait_ms"] == 0, r
+
+
+# ---------------------------------------------------------------------------
+# random windows and scans: what read-ahead decodes is used
+# ---------------------------------------------------------------------------
+
+def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_source):
+    """np.memmap of every channel, 1.5 s windows at random places 8 s or more apart."""
+    m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    rng = np.random.default_rng(5)
+    starts = rng.permutation(np.arange(2, LONG_SECONDS - 4, 8))[:6] * TILE + int(TILE * 0.3)
+    try:
+        before = read_stats(m)
+        for a in starts:
+            for ch in LONG_CHANNELS:
+                window(maps, session, ch, int(a), int(1.5 * TILE))
+        after = settle(m)
+    finally:
+        maps.clear()
+    dd = delta(after, before, *KEYS)
+    assert dd["tiles_used"] > 0 and dd["windows"] > 0, dd
+    assert dd["tiles_decoded"] <= 1.5 * dd["tiles_used"], dd
+    assert dd["windows_ahead"] == 0 and dd["readahead_unused"] == 0, dd
+
+
+def test_scan_uses_what_was_read_ahead(mount_fs, long_source):
+    m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    before = read_stats(m)
+    for ch in LONG_CHANNELS:
+        with open(d / f"{ch}.f32", "rb", buffering=0) as f:
+            got = b""
+            while True:
+                chunk = f.read(8 << 20)
+                if not chunk:
+                    break
+                got += chunk
+        assert_same_bytes(got, reference(session, ch).tobytes(), f"{ch}.f32 scan")
+    after = settle(m)
+    dd = delta(after, before, *KEYS)
+    done = dd["readahead_scheduled"] - dd["readahead_cancelled"]
+    assert done > 0, dd
+    assert dd["readahead_hits"] >= 0.9 * done, f"read ahead {done}, used {dd['readahead_hits']}: {dd}"
+
+
+# ---------------------------------------------------------------------------
+# paging: the next window of every channel, and a jump back
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("direction", (+1, -1), ids=("forward", "backward"))
+def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_source, direction):
+    """A viewer: 2 s of every channel (np.memmap), stepping by a window. After
+    page k is read (and read-ahead has settled), reading page k+1 of every
+    channel finds every tile decoded or in flight: not one miss."""
+    m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    n = 2 * TILE
+    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    seen = []
+    start = 10 * TILE if direction > 0 else 50 * TILE
+    try:
+        for k in range(7):
+            before = settle(m)
+            for ch in LONG_CHANNELS:
+                window(maps, session, ch, start + direction * k * n, n)
+            dd = delta(read_stats(m), before, *KEYS)
+            seen.append(dd)
+            # pages 0 and 1 are a jump and a first step: read-ahead knows the way from page 1 on
+            if k >= 2:
+                assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
+    finally:
+        maps.clear()
+    assert sum(x["windows_ahead"] for x in seen) > 0 and sum(x["tiles_pushed"] for x in seen) >= 0, seen
+
+
+def test_a_jump_back_cancels_read_ahead_no_longer_wanted(mount_fs, long_source):
+    """Paging forward with one worker and large pages keeps read-ahead queued;
+    jumping back to the start makes it unwanted: it is cancelled."""
+    m = mount_ready(mount_fs, long_source, "--workers", "1", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    n = 3 * TILE
+    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    tried = []
+    try:
+        for attempt in range(4):
+            base = (5 + attempt * 12) * TILE
+            for k in range(3):
+                for ch in LONG_CHANNELS:
+                    window(maps, session, ch, base + k * n, n)
+            mid = read_stats(m)
+            for ch in LONG_CHANNELS:                  # the jump: far back, not a step
+                window(maps, session, ch, base - 4 * TILE + attempt * 100, TILE // 2)
+            after = settle(m)
+            dd = delta(after, mid, *KEYS)
+            tried.append((delta(mid, read_stats(m), "windows_ahead"), dd))
+            assert mid["windows_ahead"] > 0, counters(mid)
+            if dd["readahead_cancelled"] > 0:
+                return
+    finally:
+        maps.clear()
+    pytest.fail(f"jumping back never cancelled read-ahead of the forward run: {tried}")
