@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 from . import summaries
 from .decoders import make_decoder, return_big_buffers_to_the_os
@@ -32,6 +33,8 @@ log = logging.getLogger("mef3fs.engine")
 INPROCESS_SAMPLES = 4096
 SMALL_REQUEST = 32 << 10       # bytes: requests this small are page faults (a memmap), not read()
 WORKERS_PER_CPU = 4            # --workers above this many per CPU is refused
+QUIET = 0.002                  # seconds without a FUSE read: the reader paused (see Engine.plan)
+DEFER_AT_MOST = 0.02           # seconds read-ahead of the next window waits for such a pause
 
 
 def cpu_count() -> int:
@@ -71,6 +74,7 @@ class Engine:
         self._plans: queue.SimpleQueue = queue.SimpleQueue()   # read-ahead decisions to carry out
         self._plans_lock = threading.Lock()
         self._plans_pending = 0
+        self.last_read = 0.0            # time.monotonic() of the last FUSE read begun or ended
         self._planner_thread = None
 
     def start(self) -> None:
@@ -146,25 +150,38 @@ class Engine:
         for token in tokens:
             self.cache.cancel(token)
 
-    def plan(self, work) -> None:
+    def plan(self, work, defer: bool = False) -> None:
         """Run a read-ahead decision in the planner thread, in order, so the read that
-        made it does not wait for it."""
+        made it does not wait for it. A deferred one (only read-ahead of windows not
+        read yet) waits until the reads have paused: carrying it out holds the GIL for
+        a millisecond or two, which the reads of the page being read would wait for."""
         with self._plans_lock:
             self._plans_pending += 1
-        self._plans.put(work)
+        self._plans.put((work, defer))
 
     def _planner(self) -> None:
         while True:
-            work = self._plans.get()
-            if work is None:
+            item = self._plans.get()
+            if item is None:
                 return
+            work, defer = item
             try:
+                if defer:
+                    self._wait_for_a_pause()
                 work()
             except Exception:              # read-ahead is an accelerator: never fatal
                 log.exception("read-ahead plan failed")
             finally:
                 with self._plans_lock:
                     self._plans_pending -= 1
+
+    def _wait_for_a_pause(self) -> None:
+        give_up = time.monotonic() + DEFER_AT_MOST
+        while True:
+            now = time.monotonic()
+            if now - self.last_read >= QUIET or now >= give_up:
+                return
+            time.sleep(QUIET / 2)
 
     # -- life cycle -----------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The FUSE operations: a thin, read-only shell over the namespace and the engine.
 
 Everything that changes anything fails with EROFS. Channel files are opened
-with keep_cache (they never change while mounted), so re-reads and memmaps
+with keep_cache (they change only when a session grows), so re-reads and memmaps
 are served by the kernel's page cache without reaching us.
 """
 
@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -98,10 +99,11 @@ class Mef3fsOperations(fuse.Operations):
         # already detached and never keep the caller's pipes open.
         self.mounted = True
         if conn is not None:
-            # Kernel readahead small: a memmap fault then asks for 32 KiB, not
+            # Kernel readahead one page: a memmap fault then asks for 4 KiB, not
             # 128 KiB or more (at 1 kHz, 3-26 tiles decoded for one touched;
-            # cold 10 s windows of 16 channels went 781 -> 79 ms). Sequential
-            # streams are read ahead by us, tile by tile.
+            # cold 10 s windows of 16 channels went 781 -> 79 ms), and what a
+            # viewer reads next is put into the page cache by us (pagecache.py).
+            # Sequential streams are read ahead by us, tile by tile.
             log.debug("kernel offers max_readahead %d, max_write %d", conn.max_readahead, conn.max_write)
             conn.max_readahead = min(conn.max_readahead, KERNEL_READAHEAD)
             # readdirplus on every listing request, not only the first of each
@@ -280,14 +282,16 @@ class Mef3fsOperations(fuse.Operations):
         file = handle.file
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
-        trace = self.engine.trace
+        engine = self.engine
+        engine.last_read = time.monotonic()
+        trace = engine.trace
         if trace is not None:
-            rec = self.engine.tls.rec = trace.begin(path, offset, len(dest), fuse.fuse_get_context()[2])
+            rec = engine.tls.rec = trace.begin(path, offset, len(dest), fuse.fuse_get_context()[2])
         try:
             n = file.read_into(handle.ctx, offset, dest)
         except DecodeError as exc:
             if trace is not None:
-                self.engine.tls.rec = None
+                engine.tls.rec = None
                 trace.end(rec, -errno.EIO, str(exc))
             self._failed(path, offset, len(dest), exc, handle.session)
             raise fuse.FuseOSError(errno.EIO)
@@ -296,8 +300,9 @@ class Mef3fsOperations(fuse.Operations):
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)
+        engine.last_read = time.monotonic()
         if trace is not None:
-            self.engine.tls.rec = None
+            engine.tls.rec = None
             trace.end(rec, n)
         return n
 

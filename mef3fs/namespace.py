@@ -285,10 +285,11 @@ class Namespace:
             roots = sorted(self._mount_paths.get(session.path, ()))
         return self._paths(session.path, rels) + [root or "/" for root in roots]
 
-    def sessions_in_use(self, since: float) -> list[Session]:
-        """Sessions with a file open, or looked at since `since` (monotonic)."""
+    def sessions_in_use(self, since: float) -> list[tuple[Session, bool]]:
+        """(session, whether a file of it is open) for the sessions with a file open,
+        or looked at since `since` (monotonic)."""
         with self._lock:
-            return [s for real, s in self._sessions.items()
+            return [(s, bool(self._open_files.get(real))) for real, s in self._sessions.items()
                     if self._open_files.get(real) or s.last_used >= since]
 
     def opened(self, session: Session) -> None:

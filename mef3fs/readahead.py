@@ -45,7 +45,8 @@ MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
 STALE = 5.0                   # seconds after which a window or a reader no longer counts
 WINDOW_SECONDS = 300.0        # a window longer than this is a scan
-LEAD_TRIGGER = 2048           # samples (2 pages: predictions drift by one) of the lead's next window kept out
+LEAD_TRIGGER = 1024           # samples (a page) of the lead's next window kept out of its page cache
+PAGE_SAMPLES = 1024           # float32 samples in a 4 KiB page
 
 _groups: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()    # channel key -> InStep
 
@@ -75,12 +76,12 @@ class InStep:
         self._grown = True                    # the window is still being learned (its first)
         self._t = 0.0                         # last activity in the current window
         self._last_end = -1                   # where the lead's last read ended
+        self._run_start = -1                  # where the lead's run of back-to-back reads began
         self._width = 0                       # samples: a window's length, once known
         self._direction = 0
         self._t_fanned = -STALE               # when a window was last decoded for the followers
         self._planned: list = []              # [(a, b, tokens)] read ahead, still cancellable
         self._done: collections.deque = collections.deque(maxlen=8)   # (a, b, time) read ahead
-        self._margin = 0                      # samples a window read ahead was widened by at its start
         for tiles in rows:
             self.add(tiles)
 
@@ -117,22 +118,24 @@ class InStep:
             self._members[key] = (now, ctx)
             plan, cancel = self._decide(tiles, s0, s1, now)
         if plan or cancel:
-            # carried out by the engine's planner thread: this read returns at once
-            engine.plan(lambda: self._carry_out(engine, ctx, tiles, plan, cancel, now))
+            # carried out by the engine's planner thread: this read returns at once;
+            # once the page being read is read, unless followers wait for their part
+            urgent = any(prio == WINDOW and push for _, _, _, prio, push, _, _ in plan)
+            engine.plan(lambda: self._carry_out(engine, ctx, tiles, plan, cancel, now), defer=not urgent)
 
     def _carry_out(self, engine, ctx, tiles, plan, cancel, now: float) -> None:
         for tokens in cancel:
             engine.cancel(tokens)
-        for a, b, rows, prio, push, own in plan:
+        for a, b, rows, prio, push, own, lead_span in plan:
             targets = []
             for r in push:
                 c = self._members.get(r.key, (0, None))[1]
                 if c is None:
                     continue
                 if r.key == tiles.key:
-                    # the lead's next window, but for its first page: its read there
+                    # the lead's next window, but for its first pages: its read there
                     # reaches us and says where the reader went
-                    targets.append((c, r, min(b, a + self._margin + LEAD_TRIGGER), b))
+                    targets.append((c, r) + lead_span)
                 else:
                     targets.append((c, r, a, b))
             tokens = engine.window(rows, a, b, prio, targets, own, ctx)
@@ -143,7 +146,8 @@ class InStep:
                     self._planned.append((a, b, tokens))
 
     def _decide(self, tiles, s0: int, s1: int, now: float):
-        """Lock held. -> ([(a, b, rows, prio, rows to push, (tiles, s0, s1) or None)], [tokens to cancel])"""
+        """Lock held. -> ([(a, b, rows, prio, rows to push, (tiles, s0, s1) or None, the lead's
+        push span or None)], [tokens to cancel])"""
         key, n = tiles.key, tiles.n
         size = s1 - s0
         if self._win is None or now - self._t >= STALE:
@@ -169,30 +173,36 @@ class InStep:
                 self._width = b - a
                 rows = self.rows
                 self._t_fanned = now
-                return [(a, b, rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1))], []
+                return [(a, b, rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1), None)], []
         if key != self._lead:
             self._last_end = -1                # the lead's next read does not continue its last
             return [], []                      # a follower: it reads what the lead opened
         page = max(size, 1024)
         contiguous = abs(s0 - self._last_end) <= page
+        if not contiguous:
+            self._run_start = s0
         self._last_end = s1
-        # The window's length is known: a read at or past its end is the next window,
-        # and one in its last page too unless it continues the lead's last read.
-        if a <= s0 < b - page or (b - page <= s0 < b and contiguous) or (s0 < a and contiguous):
+        # The window's length is known: a read past its end is the next window. One in
+        # its last page is the lead's own: stepping forward, its page cache holds all
+        # but its first pages and its last (see below), which a copy reads last.
+        if a <= s0 < b or (s0 < a and contiguous):
             return [], []                      # more of the lead's own window
-        if contiguous and s0 >= b - page and s0 < b + page:
-            # the lead reads on past the window we thought it had: it is wider; twice as
-            # wide, decoded for the others too
+        if contiguous and self._run_start <= a + page and b <= s0 < b + page:
+            # the lead read all of the window we thought it had, and reads on: it is
+            # wider; twice as wide, decoded for the others too
             grow = b - a
             self._win = (a, b + grow)
             self._width = b + grow - a
             rows = self._together(now)
             if len(rows) < 2:
                 return [], []
-            return [(b, min(n, b + grow), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1))], []
+            return [(b, min(n, b + grow), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1),
+                     None)], []
         # the lead left its window: the next one, the one before, or elsewhere
         width = self._width or (b - a)
-        slack = max(page, width // 8)
+        # where the lead's first read in a window lands moves by a page or two with what
+        # the page cache already holds: a step is a window's width, give or take that
+        slack = max(2 * page, width // 4)
         delta = s0 - a
         if abs(delta - width) <= slack:
             step = 1
@@ -200,8 +210,8 @@ class InStep:
             step = -1
         else:
             step = 0
-        if step:
-            width = abs(delta)
+        # The width stays what the first window taught: measured from those first reads
+        # it would drift a page a step (each push moves the next first read).
         if width > tiles.fs * WINDOW_SECONDS:
             self._win = None                   # a scan, not windows
             return [], []
@@ -217,18 +227,27 @@ class InStep:
         lead = [r for r in rows if r.key == key]
         if self._done_before(cur, page, now):
             # read ahead already (and in the followers' page cache): the lead's own rest only
-            plan = [(cur[0], cur[1], lead, WINDOW, [], (tiles, s0, s1))]
+            plan = [(cur[0], cur[1], lead, WINDOW, [], (tiles, s0, s1), None)]
         else:
-            plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1))]
+            plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1), None)]
         wanted = [cur]
         if step:
             for x in (s0 + step * width, s0 - step * width):
                 # a page more at both ends: reads start and end on page boundaries
                 x0, x1 = max(0, x - page), min(n, x + width + page)
-                self._margin = x - x0
+                # The lead's part leaves out its first page (its read there tells us it
+                # came) and, ahead of a forward step, its last: the window after it starts
+                # there, and a page stored now would move that one's first read on. The
+                # width is known to a page (reads are whole pages), so a prediction drifts:
+                # forward it drifts into the window and the lead reads the pages before it
+                # (which re-anchors the window), backward out of it, so two pages there.
+                forward = x > s0
+                lo = min(x1, x + (LEAD_TRIGGER if forward else 2 * LEAD_TRIGGER))
+                hi = min(x1, x + width - PAGE_SAMPLES) if forward else x1
+                lead_span = (lo, max(lo, hi))
                 if x1 > x0:
                     if not self._done_before((x0, x1), page, now):
-                        plan.append((x0, x1, rows, AHEAD, rows, None))
+                        plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
                     wanted.append((x0, x1))
         cancel = []
         if step != self._direction or not step:

@@ -1,8 +1,8 @@
 """Recordings that change while mounted: sessions in use are read again when their files change.
 
 MEF 3 is written during acquisition, for days. Every `--refresh` seconds each
-session in use (a file of it open, or its folder looked at lately) has its
-signature taken: the inode, size and time of every file below it, a few
+session in use (a file of it open; a session only looked at lately, every
+LISTED_EVERY periods) has its signature taken: the inode, size and time of every file below it, a few
 hundred stat calls and no read. When that changed, the namespace opens the
 session again (namespace.py) and swaps it in; the kernel's cached pages and
 attributes of its files are dropped, so sizes, info.json and NaN samples
@@ -28,6 +28,12 @@ log = logging.getLogger("mef3fs.refresh")
 
 DEFAULT_PERIOD = 1.0          # seconds between checks of a session in use
 IN_USE = 30.0                 # seconds after its last lookup that a session still counts as in use
+# A session only listed (no file open) is checked every this many periods: an ls -lR
+# of 100 sessions made them all "in use", and walking each every second (32,000 stats
+# a second) took the CPU and the GIL from the FUSE threads for 30 s (warm ls -lR 1.3 s)
+LISTED_EVERY = 10
+LISTED_WALKS = 4              # and at most this many of them are walked per period
+CLOCK_SLACK = 2.0             # seconds: file times and our clock may disagree by this much
 GROWING = (".tdat", ".tidx")  # files a writer only ever appends to
 MEF_FILES = GROWING + (".tmet", ".rdat", ".ridx")   # writers' temporary files are not looked at
 
@@ -46,6 +52,10 @@ class Signature:
     def __eq__(self, other) -> bool:
         return (isinstance(other, Signature) and self.names == other.names
                 and np.array_equal(self.values, other.values))
+
+    def newest(self) -> float:
+        """The latest modification time of any of the files, in seconds (0: none)."""
+        return float(self.values[:, 2].max()) / 1e9 if len(self.values) else 0.0
 
     def files(self) -> dict:
         names = self.names.split("\0") if self.names else []
@@ -114,6 +124,8 @@ class Refresher:
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._thread = None
+        self._checks = 0
+        self._listed_due: dict = {}       # session path -> the check count it is next due at
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mef3fs-refresh", daemon=True)
@@ -139,19 +151,31 @@ class Refresher:
 
     def check(self) -> None:
         now = time.monotonic()
-        for session in self._ns.sessions_in_use(now - IN_USE) if self.period else ():
+        self._checks += 1
+        due, walks = {}, 0
+        for session, is_open in self._ns.sessions_in_use(now - IN_USE) if self.period else ():
+            if not is_open:
+                at = self._listed_due.get(session.path, self._checks)
+                if at > self._checks or walks >= LISTED_WALKS:
+                    due[session.path] = max(at, self._checks + 1)
+                    continue
+                due[session.path] = self._checks + LISTED_EVERY
+                walks += 1
             try:
                 sig = signature(session.path)
             except OSError:
                 continue           # gone: the next lookup says ENOENT
             if session.signature is None:
                 # first in use: is it still what was read at listing? (then watch from here)
-                if self._ns.changed_since_read(session):
+                # Not a question if no file was written since (a fresh reader costs what
+                # opening the session did: an ls -lR of 100 sessions paid it 100 times)
+                if sig.newest() >= session.read_at - CLOCK_SLACK and self._ns.changed_since_read(session):
                     self._ns.refresh(session, sig)
                 else:
                     session.signature = sig
             elif sig != session.signature:
                 self._ns.refresh(session, sig)      # which calls drop_cached (on_changed)
+        self._listed_due = due
         with self._lock:
             pending, self._pending = self._pending, []
         for path in pending:

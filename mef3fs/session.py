@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -43,6 +44,7 @@ class Session:
     dirs: dict = field(default_factory=dict)     # relative dir path -> sorted entry names
     listings: dict = field(default_factory=dict)  # relative dir path -> fuselib.Listing, once listed
     last_used: float = 0.0        # monotonic time of the last lookup inside it
+    read_at: float = field(default_factory=time.time)   # wall clock when its metadata was read
     superseded_by: "Session | None" = None
     compatible: bool = False
     on_files_changed: object = lambda rels: None    # the namespace drops the kernel's caches of these

@@ -21,6 +21,7 @@ This module must not import the FUSE layer.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -28,6 +29,9 @@ import signal
 import sys
 import threading
 import time
+
+
+WORKER_NICE = 5          # below the daemon and the user's processes (0)
 
 
 def _die_with_parent(parent_pid: int) -> bool:
@@ -49,6 +53,11 @@ def main(argv=None) -> int:
     # starting up is dropped here instead of killing us mid-import.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # Decoding yields the CPU to the daemon's FUSE threads and to the reader itself:
+    # read-ahead starts decoding the next window while a viewer reads this one, and
+    # on two cores two busy workers made each page fault wait for a core.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
     from multiprocessing.connection import Connection
     conn = Connection(fd)
     try:

@@ -48,7 +48,9 @@ def mount_ready(mount_fs, source, *args):
 
 
 def settle(m):
-    return wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+    """Read-ahead decided (the planner may wait for a pause in the reads) and landed."""
+    return wait_stats(m, lambda s: s["tiles_in_flight"] == 0 and s["readahead_pending"] == 0,
+                      "read-ahead settled")
 
 
 def window(maps, session, ch, a, n):
@@ -166,7 +168,7 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
     seen = []
     start = 10 * TILE if direction > 0 else 50 * TILE
     try:
-        for k in range(7):
+        for k in range(16):             # long enough for a prediction off by a page to drift out
             before = settle(m)
             for ch in LONG_CHANNELS:
                 window(maps, session, ch, start + direction * k * n, n)
