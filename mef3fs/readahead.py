@@ -177,7 +177,7 @@ class InStep:
         if key != self._lead:
             self._last_end = -1                # the lead's next read does not continue its last
             return [], []                      # a follower: it reads what the lead opened
-        page = max(size, 1024)
+        page = max(size, PAGE_SAMPLES)
         contiguous = abs(s0 - self._last_end) <= page
         if not contiguous:
             self._run_start = s0
