@@ -47,6 +47,8 @@ STALE = 5.0                   # seconds after which a window or a reader no long
 WINDOW_SECONDS = 300.0        # a window longer than this is a scan
 LEAD_TRIGGER = 1024           # samples (a page) of the lead's next window kept out of its page cache
 PAGE_SAMPLES = 1024           # float32 samples in a 4 KiB page
+GUESS_AFTER = 0.01            # seconds without a read after a window was opened: someone looks at it
+GUESS_FOR = 1.0               # seconds after the opening that such a pause still counts
 
 _groups: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()    # channel key -> InStep
 
@@ -82,6 +84,7 @@ class InStep:
         self._t_fanned = -STALE               # when a window was last decoded for the followers
         self._planned: list = []              # [(a, b, tokens)] read ahead, still cancellable
         self._done: collections.deque = collections.deque(maxlen=8)   # (a, b, time) read ahead
+        self._opened = None                   # (window, time, rows) of a window opened by a jump, not a step
         for tiles in rows:
             self.add(tiles)
 
@@ -116,7 +119,11 @@ class InStep:
         key = tiles.key
         with self._lock:
             self._members[key] = (now, ctx)
+            self._opened = None
             plan, cancel = self._decide(tiles, s0, s1, now)
+            opened = self._opened
+        if opened is not None:
+            self._arm_guess(engine, opened)
         if plan or cancel:
             # carried out by the engine's planner thread: this read returns at once;
             # once the page being read is read, unless followers wait for their part
@@ -173,6 +180,7 @@ class InStep:
                 self._width = b - a
                 rows = self.rows
                 self._t_fanned = now
+                self._opened = (self._win, now, rows)
                 return [(a, b, rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1), None)], []
         if key != self._lead:
             self._last_end = -1                # the lead's next read does not continue its last
@@ -232,23 +240,11 @@ class InStep:
             plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1), None)]
         wanted = [cur]
         if step:
-            for x in (s0 + step * width, s0 - step * width):
-                # a page more at both ends: reads start and end on page boundaries
-                x0, x1 = max(0, x - page), min(n, x + width + page)
-                # The lead's part leaves out its first page (its read there tells us it
-                # came) and, ahead of a forward step, its last: the window after it starts
-                # there, and a page stored now would move that one's first read on. The
-                # width is known to a page (reads are whole pages), so a prediction drifts:
-                # forward it drifts into the window and the lead reads the pages before it
-                # (which re-anchors the window), backward out of it, so two pages there.
-                forward = x > s0
-                lo = min(x1, x + (LEAD_TRIGGER if forward else 2 * LEAD_TRIGGER))
-                hi = min(x1, x + width - PAGE_SAMPLES) if forward else x1
-                lead_span = (lo, max(lo, hi))
-                if x1 > x0:
-                    if not self._done_before((x0, x1), page, now):
-                        plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
-                    wanted.append((x0, x1))
+            around, spans = self._around(s0, width, n, page, rows, now, (step, -step))
+            plan += around
+            wanted += spans
+        else:
+            self._opened = (self._win, now, rows)
         cancel = []
         if step != self._direction or not step:
             # a turn or a jump: read-ahead planned for other windows is no longer wanted
@@ -261,6 +257,65 @@ class InStep:
             self._planned = keep
         self._direction = step
         return plan, cancel
+
+    def _around(self, s0: int, width: int, n: int, page: int, rows: list, now: float, steps) -> tuple:
+        """Read-ahead of the windows next to the one at s0, one per step in `steps`
+        (+1: the one after it, -1: the one before). -> (plan items, spans wanted)"""
+        plan, wanted = [], []
+        for step in steps:
+            x = s0 + step * width
+            # a page more at both ends: reads start and end on page boundaries
+            x0, x1 = max(0, x - page), min(n, x + width + page)
+            # The lead's part leaves out its first page (its read there tells us it
+            # came) and, ahead of a forward step, its last: the window after it starts
+            # there, and a page stored now would move that one's first read on. The
+            # width is known to a page (reads are whole pages), so a prediction drifts:
+            # forward it drifts into the window and the lead reads the pages before it
+            # (which re-anchors the window), backward out of it, so two pages there.
+            forward = step > 0
+            lo = min(x1, x + (LEAD_TRIGGER if forward else 2 * LEAD_TRIGGER))
+            hi = min(x1, x + width - PAGE_SAMPLES) if forward else x1
+            lead_span = (lo, max(lo, hi))
+            if x1 > x0:
+                if not self._done_before((x0, x1), page, now):
+                    plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
+                wanted.append((x0, x1))
+        return plan, wanted
+
+    # -- a pause after a window opened by a jump: someone may be looking at it ---
+
+    def _arm_guess(self, engine, opened) -> None:
+        timer = threading.Timer(GUESS_AFTER, self._guess, (engine, opened))
+        timer.daemon = True
+        timer.start()
+
+    def _guess(self, engine, opened) -> None:
+        """A window of several channels opened by a jump (not a step), its tiles landed,
+        and then nothing read for GUESS_AFTER: a viewer showing it, not a script reading
+        windows back to back (which must not pay for guesses). Its neighbours on both
+        sides are read ahead, so the first step either way finds its page in the page cache."""
+        win, t_opened, rows = opened          # rows: the channels the window was decoded for
+        now = time.monotonic()
+        with self._lock:
+            if self._win != win or self._grown or now - t_opened > GUESS_FOR:
+                return                          # elsewhere by now, or too late to matter
+            busy = now - self._t < GUESS_AFTER  # still being read
+        # the window's own tiles still decoding: its reads wait, nobody looks at it yet
+        busy = busy or any(engine.cache.pending(r, win[0], win[1]) for r in rows)
+        if busy:
+            self._arm_guess(engine, opened)
+            return
+        with self._lock:
+            if self._win != win:
+                return
+            lead = next((r for r in self.rows if r.key == self._lead), None)
+            ctx = self._members.get(self._lead, (0, None))[1]
+            if lead is None or ctx is None or len(rows) < 2:
+                return
+            a, b = win
+            plan, _ = self._around(a, self._width or b - a, lead.n, PAGE_SAMPLES, rows, now, (1, -1))
+        if plan:
+            engine.plan(lambda: self._carry_out(engine, ctx, lead, plan, [], now), defer=True)
 
     def _done_before(self, span: tuple, slack: int, now: float) -> bool:
         """Was this window (or one holding it, give or take a page) read ahead for the

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,25 +110,35 @@ def test_trace_says_how_each_tile_of_each_read_was_served(mount_fs, long_source,
 # ---------------------------------------------------------------------------
 
 def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_source):
-    """np.memmap of every channel, 1.5 s windows at random places 8 s or more apart."""
+    """np.memmap of every channel, 1.5 s windows at random places 8 s or more apart,
+    read back to back (a script): nothing is read ahead. Once the reader pauses on a
+    window (someone looks at it), its neighbours are."""
     m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
     session = long_source / "long.mefd"
     d = session_dir(m, "long.mefd")
     maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
     rng = np.random.default_rng(5)
     starts = rng.permutation(np.arange(2, LONG_SECONDS - 4, 8))[:6] * TILE + int(TILE * 0.3)
+    n = int(1.5 * TILE)
     try:
         before = read_stats(m)
-        for a in starts:
-            for ch in LONG_CHANNELS:
-                window(maps, session, ch, int(a), int(1.5 * TILE))
-        after = settle(m)
+        got = [(int(a), ch, np.array(maps[ch][int(a):int(a) + n])) for a in starts for ch in LONG_CHANNELS]
+        mid = read_stats(m)                  # at once: no pause yet
+        for a, ch, x in got:
+            np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
+                                          err_msg=f"{ch} [{a}, {a + n})")
+        looked = wait_stats(m, lambda s: s["windows_ahead"] >= mid["windows_ahead"] + 2 and
+                            s["tiles_in_flight"] == 0 and s["readahead_pending"] == 0,
+                            "the neighbours of the window looked at")
     finally:
         maps.clear()
-    dd = delta(after, before, *KEYS)
+    dd = delta(mid, before, *KEYS)
     assert dd["tiles_used"] > 0 and dd["windows"] > 0, dd
     assert dd["tiles_decoded"] <= 1.5 * dd["tiles_used"], dd
     assert dd["windows_ahead"] == 0 and dd["readahead_unused"] == 0, dd
+    # the last window, looked at: one window read ahead on each side, and nothing else
+    assert delta(looked, mid, *KEYS)["windows_ahead"] == 2, delta(looked, mid, *KEYS)
 
 
 def test_scan_uses_what_was_read_ahead(mount_fs, long_source):
@@ -165,21 +176,29 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
     d = session_dir(m, "long.mefd")
     n = 2 * TILE
     maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
     seen = []
     start = 10 * TILE if direction > 0 else 50 * TILE
+    first = settle(m)
     try:
         for k in range(16):             # long enough for a prediction off by a page to drift out
+            if k == 1:
+                time.sleep(0.1)         # the viewer looks at its first page: both neighbours are read
             before = settle(m)
-            for ch in LONG_CHANNELS:
-                window(maps, session, ch, start + direction * k * n, n)
+            a = start + direction * k * n
+            page = {ch: np.array(maps[ch][a:a + n]) for ch in LONG_CHANNELS}     # a viewer's page
             dd = delta(read_stats(m), before, *KEYS)
             seen.append(dd)
-            # pages 0 and 1 are a jump and a first step: read-ahead knows the way from page 1 on
-            if k >= 2:
+            for ch, x in page.items():
+                np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
+                                              err_msg=f"{ch} [{a}, {a + n})")
+            # page 0 is a jump; the first step finds what was read while it was looked at
+            if k >= 1:
                 assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
     finally:
         maps.clear()
-    assert sum(x["windows_ahead"] for x in seen) > 0 and sum(x["tiles_pushed"] for x in seen) >= 0, seen
+    total = delta(settle(m), first, *KEYS)      # read-ahead runs between the pages, after their reads
+    assert total["windows_ahead"] > 0 and total["tiles_pushed"] > 0, total
 
 
 def test_a_jump_back_cancels_read_ahead_no_longer_wanted(mount_fs, long_source):
