@@ -9,6 +9,7 @@ before it waits, and read-ahead knows which file a reader has open.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -75,6 +76,8 @@ class Engine:
         self._plans_lock = threading.Lock()
         self._plans_pending = 0
         self.last_read = 0.0            # time.monotonic() of the last FUSE read begun or ended
+        self._begun, self._ended = itertools.count(1), itertools.count(1)
+        self.reads_begun = self.reads_ended = 0     # next() of a count is atomic: no lock per read
         self._planner_thread = None
 
     def start(self) -> None:
@@ -149,6 +152,19 @@ class Engine:
     def cancel(self, tokens) -> None:
         for token in tokens:
             self.cache.cancel(token)
+
+    def read_begins(self) -> None:
+        self.reads_begun = next(self._begun)
+        self.last_read = time.monotonic()
+
+    def read_ends(self) -> None:
+        self.reads_ended = next(self._ended)
+        self.last_read = time.monotonic()
+
+    def reading(self) -> bool:
+        """Is a FUSE read in progress (waiting for a decode, say)? Or a store into the page
+        cache, which a reader's page fault may be waiting for?"""
+        return self.reads_begun > self.reads_ended or (self.pagecache is not None and self.pagecache.busy)
 
     def plan(self, work, defer: bool = False) -> None:
         """Run a read-ahead decision in the planner thread, in order, so the read that

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 
@@ -283,7 +282,7 @@ class Mef3fsOperations(fuse.Operations):
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
         engine = self.engine
-        engine.last_read = time.monotonic()
+        engine.read_begins()
         trace = engine.trace
         if trace is not None:
             rec = engine.tls.rec = trace.begin(path, offset, len(dest), fuse.fuse_get_context()[2])
@@ -295,12 +294,13 @@ class Mef3fsOperations(fuse.Operations):
                 trace.end(rec, -errno.EIO, str(exc))
             self._failed(path, offset, len(dest), exc, handle.session)
             raise fuse.FuseOSError(errno.EIO)
+        finally:
+            engine.read_ends()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("read %s [%d, +%d) -> %d bytes", path, offset, len(dest), n)
         if n:
             with handle.lock:
                 handle.readahead.after_read(offset, n)
-        engine.last_read = time.monotonic()
         if trace is not None:
             engine.tls.rec = None
             trace.end(rec, n)

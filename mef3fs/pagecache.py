@@ -85,6 +85,12 @@ class PageCache:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = None
         self._stopped = threading.Event()
+        self._storing = False
+
+    @property
+    def busy(self) -> bool:
+        """Stores queued or under way (a reader's page fault may wait for one)."""
+        return self._storing or not self._queue.empty()
 
     @property
     def on(self) -> bool:
@@ -145,10 +151,13 @@ class PageCache:
             item = self._queue.get()
             if item is None:
                 return
+            self._storing = True
             try:
                 self._store(*item)
             except Exception as exc:      # never let the pusher die: it is only an accelerator
                 log.debug("page-cache store failed: %s", exc)
+            finally:
+                self._storing = False
 
     def _store(self, ctx, tiles, a: int, b: int) -> None:
         if ctx.closed:

@@ -300,11 +300,13 @@ class InStep:
             if self._win != win or self._grown or now - t_opened > GUESS_FOR:
                 return                          # elsewhere by now, or too late to matter
             busy = now - self._t < GUESS_AFTER  # still being read
-        # the window's own tiles still decoding: its reads wait, nobody looks at it yet
-        busy = busy or any(engine.cache.pending(r, win[0], win[1]) for r in rows)
+        # a read waiting, the window's own tiles still decoding or being stored into the
+        # page cache: its reads wait (where we cannot see them), nobody looks at it yet
+        busy = busy or engine.reading() or any(engine.cache.pending(r, win[0], win[1]) for r in rows)
         if busy:
             self._arm_guess(engine, opened)
             return
+        log.debug("guess: window %s of %d channels, %.1f ms without a read", win, len(rows), (now - self._t) * 1e3)
         with self._lock:
             if self._win != win:
                 return

@@ -111,8 +111,8 @@ def test_trace_says_how_each_tile_of_each_read_was_served(mount_fs, long_source,
 
 def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_source):
     """np.memmap of every channel, 1.5 s windows at random places 8 s or more apart,
-    read back to back (a script): nothing is read ahead. Once the reader pauses on a
-    window (someone looks at it), its neighbours are."""
+    read back to back (a script): they decode what they read. Once the reader pauses
+    on a window (someone looks at it), its neighbours are read ahead."""
     m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
     session = long_source / "long.mefd"
     d = session_dir(m, "long.mefd")
@@ -135,8 +135,11 @@ def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_s
         maps.clear()
     dd = delta(mid, before, *KEYS)
     assert dd["tiles_used"] > 0 and dd["windows"] > 0, dd
+    # Back to back, the windows cost what they read. (A guess needs 10 ms without a
+    # read: a loaded machine may pause the reader that long, so a guess or two may
+    # start; the next window cancels it, and it must not cost decodes nobody uses.)
     assert dd["tiles_decoded"] <= 1.5 * dd["tiles_used"], dd
-    assert dd["windows_ahead"] == 0 and dd["readahead_unused"] == 0, dd
+    assert dd["windows_ahead"] <= 2 and dd["readahead_unused"] == 0, dd
     # the last window, looked at: one window read ahead on each side, and nothing else
     assert delta(looked, mid, *KEYS)["windows_ahead"] == 2, delta(looked, mid, *KEYS)
 
