@@ -11,8 +11,10 @@ Two patterns, two trackers:
   next to its last one (a step, forward or backward), the window after it in
   the direction of travel and the one behind are decoded too, and all of it
   is put into the kernel's page cache of the followers' files (pagecache.py);
-  a jump or a turn cancels what is no longer wanted. Nothing is read ahead
-  of a random window.
+  a jump or a turn cancels what is no longer wanted. A window opened by a
+  jump gets nothing speculative while windows are read back to back (a
+  script); once nobody has read for 10 ms (a viewer showing it), both its
+  neighbours are read ahead, so the first step either way is ready too.
 
 * `ReadAhead`, one per open handle: sequential streams (next offset = last
   end, forward or backward), like the kernel's readahead: once a run is
