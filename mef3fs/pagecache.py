@@ -44,23 +44,6 @@ class _FuseBufvec(ctypes.Structure):
                 ("buf", _FuseBuf * 1)]
 
 
-def pieces(file, lo: int, hi: int) -> list:
-    """(channel tiles, first sample, end sample) of the samples in bytes [lo, hi) of file."""
-    rows = getattr(file, "rows", None)
-    if not rows or not file.row_bytes:
-        return []
-    out = []
-    head = len(file.header)
-    for r in range(max(0, (lo - head) // file.row_bytes), len(rows)):
-        base = head + r * file.row_bytes
-        if base >= hi:
-            break
-        a, b = max(lo, base) - base, min(hi, base + file.row_bytes) - base
-        if b > a:
-            out.append((rows[r], a // 4, -(-b // 4)))
-    return out
-
-
 def byte_range(file, tiles, a: int, b: int):
     """Bytes [lo, hi) of `file` holding samples [a, b) of channel `tiles`, or None."""
     rows = getattr(file, "rows", None)
@@ -133,8 +116,9 @@ class PageCache:
     def push_bytes(self, ctx, lo: int, hi: int) -> None:
         """The same for bytes [lo, hi) of ctx's file (a stream's read-ahead)."""
         if self._se is not None and not ctx.closed:
-            for tiles, a, b in pieces(ctx.file, lo, hi):
-                self._queue.put((ctx, tiles, a, b))
+            file = ctx.file              # a SignalFile: push_stream sends only those
+            for r, a, b, _, _ in file.pieces(lo, hi):
+                self._queue.put((ctx, file.rows[r], a, b))
 
     def close(self) -> None:
         """Before libfuse ends the session: the thread must not notify after that."""

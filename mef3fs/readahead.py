@@ -94,9 +94,6 @@ class InStep:
         self.rows.append(tiles)
         _groups[tiles.key] = self
 
-    def after_read(self, cache, tiles, s0: int, s1: int) -> None:
-        """The views' call after a read: decisions are taken before it (before_read)."""
-
     def window_mode(self, tiles) -> bool:
         """Is this channel being read window by window (so streams should not read ahead)?"""
         now = time.monotonic()

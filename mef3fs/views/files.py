@@ -148,12 +148,37 @@ class PlannedFile(File):
         return StaticFile(data, self.label)
 
 
+def row_pieces(lo: int, hi: int, header: int, row_bytes: int, rows: int, item: int):
+    """(row, first item, end item, first byte, end byte) covering bytes [lo, hi) of a file
+    that is a header of `header` bytes and then `rows` rows of `row_bytes` bytes each, in
+    items of `item` bytes (byte offsets within the row)."""
+    lo, hi = max(lo - header, 0), max(hi - header, 0)
+    if not row_bytes:
+        return
+    for r in range(lo // row_bytes, rows):
+        row_lo = r * row_bytes
+        if row_lo >= hi:
+            break
+        a, b = max(lo, row_lo) - row_lo, min(hi, row_lo + row_bytes) - row_lo
+        if b > a:
+            yield r, a // item, -(-b // item), a, b
+
+
+def copy_header(header: bytes, offset: int, end: int, dest: np.ndarray) -> int:
+    """The part of a file's header in bytes [offset, end) into dest; -> bytes copied."""
+    if offset >= len(header):
+        return 0
+    head = header[offset:end]
+    dest[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+    return len(head)
+
+
 class SignalFile(File):
     __slots__ = ("rows", "in_step", "header", "label", "xattrs", "n", "row_bytes", "size")
 
     def __init__(self, rows: list, header: bytes = b"", label: str = "", xattrs=None, in_step=None):
         self.rows = rows            # tiles.ChannelTiles, one per channel, back to back
-        self.in_step = in_step      # readahead.InStep of the channel's rate group, if any
+        self.in_step = in_step      # readahead.InStep of the rate group: kept alive by its files
         self.header = header
         self.label = label
         self.xattrs = xattrs or {}
@@ -161,31 +186,17 @@ class SignalFile(File):
         self.row_bytes = SAMPLE * self.n
         self.size = len(header) + self.row_bytes * len(rows)
 
-    def _pieces(self, lo: int, hi: int):
-        """(row, first sample, end sample) covering data bytes [lo, hi) (header excluded)."""
-        lo -= len(self.header)
-        hi -= len(self.header)
-        lo, hi = max(lo, 0), max(hi, 0)
-        for r in range(lo // self.row_bytes if self.row_bytes else 0, len(self.rows)):
-            row_lo = r * self.row_bytes
-            if row_lo >= hi:
-                break
-            a = max(lo, row_lo) - row_lo
-            b = min(hi, row_lo + self.row_bytes) - row_lo
-            if b > a:
-                yield r, a // SAMPLE, -(-b // SAMPLE), a, b
+    def pieces(self, lo: int, hi: int):
+        """(row, first sample, end sample, first byte, end byte) of bytes [lo, hi)."""
+        return row_pieces(lo, hi, len(self.header), self.row_bytes, len(self.rows), SAMPLE)
 
     def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
         """Write the bytes at offset into dest (uint8, the kernel's buffer); return the count."""
         end = min(offset + len(dest), self.size)
         if offset >= end:
             return 0
-        pos = 0
-        if offset < len(self.header):
-            head = self.header[offset:end]
-            dest[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-            pos = len(head)
-        for r, s0, s1, a, b in self._pieces(offset, end):
+        pos = copy_header(self.header, offset, end, dest)
+        for r, s0, s1, a, b in self.pieces(offset, end):
             skip = a - s0 * SAMPLE
             if skip == 0 and (b - a) % SAMPLE == 0 and (dest.ctypes.data + pos) % SAMPLE == 0:
                 # aligned: tiles are copied straight into the kernel's buffer
@@ -195,13 +206,11 @@ class SignalFile(File):
                 cache.samples(self.rows[r], s0, s1, samples)
                 dest[pos:pos + (b - a)] = samples.view(np.uint8)[skip:skip + (b - a)]
             pos += b - a
-            if self.in_step is not None:
-                self.in_step.after_read(cache, self.rows[r], s0, s1)
         return pos
 
     def prefetch(self, cache, lo: int, hi: int):
         """Ask the cache to decode, in the background, the tiles behind bytes [lo, hi)."""
-        for r, s0, s1, a, _ in self._pieces(lo, hi):
+        for r, s0, s1, a, _ in self.pieces(lo, hi):
             row = self.rows[r]
             base = len(self.header) + r * self.row_bytes
             for i in row.tiles_for(s0, s1):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..summaries import STEP, reduce_bins, store_of, summarize
-from .files import File, npy_header
+from .files import File, copy_header, npy_header, row_pieces
 from .layout import Layout
 
 MAX_BINS = 4096
@@ -46,27 +46,14 @@ class MinMaxFile(File):
         self.summarized = k % STEP == 0
 
     def _pieces(self, lo: int, hi: int):
-        """(row, first bin, end bin, first byte, end byte) of data bytes [lo, hi) (bytes within the row)."""
-        lo, hi = max(lo - len(self.header), 0), max(hi - len(self.header), 0)
-        if not self.row_bytes:
-            return
-        for r in range(lo // self.row_bytes, len(self.rows)):
-            row_lo = r * self.row_bytes
-            if row_lo >= hi:
-                break
-            a, b = max(lo, row_lo) - row_lo, min(hi, row_lo + self.row_bytes) - row_lo
-            if b > a:
-                yield r, a // BIN_BYTES, -(-b // BIN_BYTES), a, b
+        """(row, first bin, end bin, first byte, end byte) of bytes [lo, hi)."""
+        return row_pieces(lo, hi, len(self.header), self.row_bytes, len(self.rows), BIN_BYTES)
 
     def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
         end = min(offset + len(dest), self.size)
         if offset >= end:
             return 0
-        pos = 0
-        if offset < len(self.header):
-            head = self.header[offset:end]
-            dest[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-            pos = len(head)
+        pos = copy_header(self.header, offset, end, dest)
         for r, j0, j1, a, b in self._pieces(offset, end):
             got = self.level(cache, r, j0, j1).view(np.uint8).reshape(-1)
             skip = a - BIN_BYTES * j0
