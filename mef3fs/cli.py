@@ -321,7 +321,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
         on_ready) -> int:
     """Mount and serve until unmounted or signalled; libfuse owns SIGINT/SIGTERM/SIGHUP."""
     from .attrs import Attributes
-    from .fuselib import FUSE, fuse
+    from .fuselib import FUSE, IDLE_THREADS, fuse
     from .engine import Engine
     from .fuseops import DebugOperations, Mef3fsOperations
     from .index import IndexCache, MetaReaders
@@ -357,7 +357,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}
     if fuse.fuse_version_major == 3:
         # libfuse 3.14's default (-1) is reported as invalid on every mount
-        options["max_idle_threads"] = 10
+        options["max_idle_threads"] = IDLE_THREADS
     options.update((k, v) for k, v in fuse_options(args.options).items() if k != "umask")
     log.info("mounting %s at %s", args.source, mountpoint)
     try:

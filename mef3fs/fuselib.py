@@ -14,6 +14,7 @@ if not (os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 import ctypes  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -24,6 +25,26 @@ _U8 = np.dtype(np.uint8)
 FUSE_READDIR_PLUS = 1        # readdir flag: the kernel wants attributes with the names
 FUSE_FILL_DIR_PLUS = 2       # filler flag: these attributes are complete, keep them
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+
+
+IDLE_THREADS = 64             # libfuse threads kept idle (each keeps its Python thread state)
+
+_pinned = threading.local()
+
+
+def _pin_thread_state() -> None:
+    """Keep this libfuse thread's Python thread state from one callback to the next.
+
+    libfuse's threads are not Python's: ctypes gives each callback a new
+    thread state and deletes it on return, so every request started on
+    fresh, cold memory (its frame stack is allocated anew). Measured here
+    on a minimal mfusepy file system: a 4 KiB read 74-83 -> 44-59 us, an
+    open and close 118-136 -> 39-54 us. One more PyGILState_Ensure, never
+    released, keeps the state for the thread's life; libfuse keeps up to
+    IDLE_THREADS idle threads, so the few that end leave a few KiB each."""
+    if not getattr(_pinned, "on", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned.on = True      # a thread-local lives as long as the thread state
 
 
 class Listing:
@@ -62,6 +83,11 @@ class FUSE(fuse.FUSE):
 
     libfuse up to 3.15 drops the attributes of entries given without offsets,
     so entries carry their position as offset and a listing resumes there."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        if not getattr(_pinned, "on", False):
+            _pin_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def opendir(self, path, fip):
         """A folder the operations say does not change (a session's, while it is
