@@ -46,7 +46,7 @@ class Ticket:
     """A job in a pool: its future gives the job's tiles (list of arrays, channel-major)."""
 
     __slots__ = ("job", "prio", "state", "future", "attempts", "here", "token", "worker",
-                 "t_submit", "t_start", "t_done", "t_landed", "jid")
+                 "t_submit", "t_start", "t_done", "t_landed", "jid", "stopping")
 
     def __init__(self, job: Job, prio: int, jid: int):
         self.job, self.prio, self.jid = job, prio, jid
@@ -56,6 +56,7 @@ class Ticket:
         self.here = False           # the submitter decodes it in its own thread (run_here)
         self.token = None           # cancels it while it runs (thread pool)
         self.worker = None          # the process running it (process pool)
+        self.stopping = False       # asked to stop while running: it may still deliver
         self.t_submit = time.monotonic()
         self.t_start = self.t_done = self.t_landed = 0.0
 
@@ -128,7 +129,9 @@ class _Pool:
                 self._cond.notify()
 
     def cancel(self, t: Ticket) -> bool:
-        """Drop a job nobody wants: True if it will not deliver (queued, or stopped while running)."""
+        """Drop a job nobody wants: True if it will not deliver (queued), or is asked to stop
+        while running (t.stopping: it may have finished already; it is counted as
+        cancelled only if it stops, see _done)."""
         with self._cond:
             if t.state == PENDING:
                 t.state = CANCELLED
@@ -140,7 +143,8 @@ class _Pool:
         if queued:
             t.future.cancel()
             return True
-        return self._stop_running(t)
+        t.stopping = self._stop_running(t)
+        return t.stopping
 
     def close(self) -> None:
         """Stop every worker; jobs not finished fail so no reader waits forever."""
@@ -185,6 +189,8 @@ class _Pool:
                 self._cond.notify()
         t.t_landed = time.monotonic()
         if cancelled:
+            if t.stopping:
+                self._stats.add("readahead_cancelled", t.job.tiles)
             t.future.cancel()
             return
         kind = "decodes_inprocess" if (self.inprocess or t.here) else \

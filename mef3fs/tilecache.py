@@ -289,7 +289,8 @@ class TileCache:
                         self._readahead_bytes -= f.nbytes
                         f.background = False
                 self._jobs.pop(ticket.jid, None)
-                self._stats.add("readahead_cancelled", len(flights))
+                if not ticket.stopping:     # queued: never decoded (a running one counts if it stops)
+                    self._stats.add("readahead_cancelled", len(flights))
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("read-ahead cancelled: job %d (%d tiles)", ticket.jid, len(flights))
 
