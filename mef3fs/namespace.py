@@ -33,6 +33,8 @@ STATS_FILE = ".mef3fs-stats.json"
 SCAN_DEPTH = 12               # how deep "does this folder lead to a session" looks
 SCAN_TTL = 2.0                # seconds a folder's answer is reused
 MAX_SESSIONS = 256            # opened session folders kept; more are opened again when used
+WALK_TTL = 0.25               # seconds a walk through SOURCE to a session is reused
+MAX_WALKS = 4096
 
 
 def session_kind(path: str, st: os.stat_result | None = None) -> bool:
@@ -79,6 +81,7 @@ class Namespace:
         self._open_files: dict[str, int] = {}      # real session path -> open file handles
         self.on_changed = lambda mount_paths: None  # the kernel's caches of these must be dropped
         self._leads: dict[str, tuple[float, bool]] = {}
+        self._walks: dict[str, tuple[float, str, os.stat_result]] = {}   # mount path -> (when, real, st)
         self._warned: set[str] = set()
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -318,6 +321,10 @@ class Namespace:
             return Node("file", file=self._stats_file)
         if self.single:
             return self._in_session(self.source, parts, "")
+        walked = self._walked(parts)
+        if walked is not None:
+            real, st, i = walked
+            return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]), st)
         folder = self.source
         for i, name in enumerate(parts):
             real = self._child(folder, name)
@@ -331,7 +338,11 @@ class Namespace:
             except OSError:
                 raise fserror(errno.ENOENT)
             if session_kind(real, st):
-                return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]), st)
+                mount_path = "/" + "/".join(parts[:i + 1])
+                if len(self._walks) >= MAX_WALKS:
+                    self._walks.clear()
+                self._walks[mount_path] = (time.monotonic(), real, st)
+                return self._in_session(real, parts[i + 1:], mount_path, st)
             if not self._shown(real, st):
                 raise fserror(errno.ENOENT)
             if not stat.S_ISDIR(st.st_mode):         # one of SOURCE's own files
@@ -340,6 +351,21 @@ class Namespace:
                 return Node("file", real=real, file=PassthroughFile(real, self._display(real)))
             folder = real
         return Node("dir", real=folder)
+
+    def _walked(self, parts: list[str]):
+        """(real session path, its stat, index of its part) when a lookup walked SOURCE
+        to this session moments ago: every file opened in a session folder is
+        looked up twice (the kernel's lookup, then open), and a viewer opens a
+        session's files one after another. Staler than the kernel's own cache
+        of the same entries never (WALK_TTL against its attribute timeout)."""
+        key = ""
+        for i, name in enumerate(parts):
+            key += "/" + name
+            got = self._walks.get(key)
+            if got is not None:
+                when, real, st = got
+                return (real, st, i) if time.monotonic() - when < WALK_TTL else None
+        return None
 
     def _in_session(self, real: str, parts: list[str], mount_path: str, st=None) -> Node:
         try:
