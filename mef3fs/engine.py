@@ -304,10 +304,13 @@ class ReadContext:
             return
         margin = max(64 << 10, 16 * size)
         if hi - lo > 2 * margin:
-            if direction > 0:
-                pc.push_bytes(self, lo + margin, hi - margin)
-            else:
-                pc.push_bytes(self, lo + margin, hi - margin)
+            pc.push_bytes(self, lo + margin, hi - margin)
+
+    def store_whole(self, data: bytes) -> bool:
+        """This open's file is `data`, made whole: into the page cache before the open
+        returns (pagecache.PageCache.store_file). -> whether all of it went in."""
+        pc = self.engine.pagecache
+        return pc is not None and pc.on and pc.store_file(self, data)
 
     def prefetch_next_channel(self) -> None:
         """A stream reached the end of a channel file: the next channel of its rate

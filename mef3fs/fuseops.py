@@ -23,6 +23,7 @@ from .attrs import BLOCK, Attributes
 from .decoders import DecodeError
 from .namespace import Namespace, fserror
 from .readahead import ReadAhead
+from .views.files import StaticFile
 
 log = logging.getLogger("mef3fs.fuse")
 
@@ -225,24 +226,28 @@ class Mef3fsOperations(fuse.Operations):
         if node.kind != "file":
             raise fuse.FuseOSError(errno.EISDIR)
         file = node.file
+        # The kernel keeps a file's pages from open to open, unless told not to:
+        # not when they may come from another generation of its session, or an
+        # earlier file at this path (info.json is made again when damage is found).
+        token = (node.session.keyspace, node.session.generation, id(file)) if node.session else ()
+        cached = self._served.get(path) == token
         try:
-            served = file.opened()      # the file itself, or bytes made for this open
+            served = file.opened(cached)    # the file itself, or bytes made for this open
         except DecodeError as exc:
             log.error("EIO opening %s: %s", path, exc)
             raise fuse.FuseOSError(errno.EIO)
         except OSError as exc:          # SOURCE's own file went away or may not be read
             raise fuse.FuseOSError(exc.errno or errno.EIO)
+        fh = next(self._fh)
+        ctx = self.engine.open_handle(served, path)
         if file.direct_io:              # asked after opened(): a planned file knows only once made
             fi.direct_io = 1
         elif file.keep_cache:
-            # The kernel keeps a file's pages from open to open, unless told not to:
-            # not when they may come from another generation of its session, or an
-            # earlier file at this path (info.json is made again when damage is found).
-            token = (node.session.keyspace, node.session.generation, id(file)) if node.session else ()
-            fi.keep_cache = int(self._served.get(path, token) == token)
+            # Bytes made for this open go into the page cache whole, replacing any
+            # older pages: then they may be kept too.
+            stored = not cached and isinstance(served, StaticFile) and ctx.store_whole(served.data)
+            fi.keep_cache = int(stored or cached or path not in self._served)
             self._served[path] = token
-        fh = next(self._fh)
-        ctx = self.engine.open_handle(served, path)
         self._handles[fh] = _Handle(served, ctx, ReadAhead(served, ctx, self.readahead_bytes),
                                     node.session, node.rel)
         if node.session is not None:

@@ -13,6 +13,13 @@ reports as st_ino unless `use_ino` is set: so this is on only then. Only
 whole pages are stored (a partial page would be left not up to date), never
 past the end of the file (that would grow it). A thread does it, never a
 FUSE thread: storing into a page waits for that page's own pending read.
+
+The one exception is a small file made whole for an open (a block
+envelope, a picture, a JSON file): `store_file` puts all of it in before
+the open returns, so its reader's reads (3 round trips for an np.load of a
+69 KB envelope, since the kernel reads ahead one page) never reach us. No
+read of this open can be pending yet; another open's read that holds a page
+is served by another FUSE thread meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ log = logging.getLogger("mef3fs.pagecache")
 
 PAGE = 4096
 MAX_STORE = 1 << 20           # bytes per notify_store call
+STORE_ON_OPEN = 8 << 20       # a made file up to this size goes in whole when opened
 LAND_WAIT = 5.0               # seconds to wait for a window's tiles to land
 
 
@@ -119,6 +127,18 @@ class PageCache:
             file = ctx.file              # a SignalFile: push_stream sends only those
             for r, a, b, _, _ in file.pieces(lo, hi):
                 self._queue.put((ctx, file.rows[r], a, b))
+
+    def store_file(self, ctx, data: bytes) -> bool:
+        """All of `data`, ctx's file's content made for this open, into its page cache
+        now (called from the open handler, see the module's docstring); False when
+        any of it did not go in."""
+        if self._se is None or len(data) > STORE_ON_OPEN or len(data) != ctx.file.size:
+            return False
+        view = np.frombuffer(data, dtype=np.uint8)
+        for at in range(0, len(data), MAX_STORE):
+            if not self._notify_store(ctx, at, view[at:at + MAX_STORE]):
+                return False
+        return True
 
     def close(self) -> None:
         """Before libfuse ends the session: the thread must not notify after that."""

@@ -24,7 +24,7 @@ class PassthroughFile(File):
     def size(self) -> int:
         return os.stat(self.real).st_size
 
-    def opened(self) -> "_OpenFile":
+    def opened(self, cached: bool = False) -> "_OpenFile":
         """One descriptor of the real file for as long as the mount's file is open."""
         return _OpenFile(os.open(self.real, os.O_RDONLY | os.O_CLOEXEC), self.label)
 

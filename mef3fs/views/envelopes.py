@@ -13,8 +13,8 @@ The first envelope file opened in a session reads every channel's index at
 once (concurrently, on the reader's threads) and the others wait for their
 files' opens under a small shared budget: walking all channels' envelopes
 then costs one index read, not one per file. Made bytes are not kept: an
-open makes them again from the index (the kernel's page cache keeps what
-was read).
+open the kernel cannot serve from its page cache makes them again from the
+index (files.PlannedFile).
 """
 
 from __future__ import annotations
@@ -76,8 +76,16 @@ def envelopes(reader, names: list, label: str = "") -> dict:
     if broken:
         raise DecodeError(f"{label}: block index cannot be read: " + "; ".join(
             f"{name}: {', '.join(why)}" for name, why in broken.items()))
-    return {name: np.stack([np.asarray(got[name][c], dtype=np.float64) for c in COLUMNS], axis=1)
-            .reshape(-1, len(COLUMNS)) for name in names}
+    return {name: _rows(got[name]) for name in names}
+
+
+def _rows(columns: dict) -> np.ndarray:
+    """(n_blocks, 4) float64 from block_envelope's columns (column by column: half np.stack's time)."""
+    n = len(columns[COLUMNS[0]])
+    out = np.empty((n, len(COLUMNS)), dtype=np.float64)
+    for k, c in enumerate(COLUMNS):
+        out[:, k] = columns[c]
+    return out
 
 
 def envelopes_or_none(reader, names: list, label: str = "") -> dict:

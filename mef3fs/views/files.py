@@ -38,8 +38,10 @@ class File:
     xattrs: dict = {}
     label = ""
 
-    def opened(self) -> "File":
-        """What the reads of one open go to (closed at release)."""
+    def opened(self, cached: bool = False) -> "File":
+        """What the reads of one open go to (closed at release). cached: the kernel
+        probably holds this file's pages from an earlier open (a file made on open
+        may then wait for a read that reaches us before making anything)."""
         return self
 
     def close(self) -> None:
@@ -77,7 +79,7 @@ class DynamicFile(File):
     def size(self) -> int:
         return len(self._make())
 
-    def opened(self) -> StaticFile:
+    def opened(self, cached: bool = False) -> StaticFile:
         return StaticFile(self._make(), self.label)
 
 
@@ -102,7 +104,7 @@ class GeneratedFile(File):
     def made(self) -> bool:
         return self._data is not None
 
-    def opened(self) -> StaticFile:
+    def opened(self, cached: bool = False) -> StaticFile:
         with self._lock:
             if self._data is None:
                 self._data = self._make()
@@ -114,7 +116,8 @@ class PlannedFile(File):
     envelope, a picture): listed with that size and served like a static file
     (page cache, memmap). Up to KEEP bytes are kept once made (unless
     keep=False); a bigger file is made again at each open (the kernel's page
-    cache keeps what was read). Should the bytes disagree with the plan
+    cache keeps what was read), but only once a read reaches us: an open the
+    kernel can serve from its pages makes nothing. Should the bytes disagree with the plan
     (metadata that was wrong), the bytes win: the file then states its true
     size and is served with direct_io, so no reader is cut short at the size
     the kernel was told at listing."""
@@ -137,15 +140,36 @@ class PlannedFile(File):
     def direct_io(self) -> bool:
         return self._made is not None and self._made != self.planned
 
-    def opened(self) -> StaticFile:
+    def opened(self, cached: bool = False) -> File:
         with self._lock:
             data = self._data
             if data is None:
+                if cached and self._made is not None and not self.direct_io:
+                    return _MadeOnRead(self)        # size known: nothing to make until a read
                 data = self._make()
                 self._made = len(data)
                 if self.keep and len(data) <= self.KEEP:
                     self._data = data
         return StaticFile(data, self.label)
+
+
+class _MadeOnRead(File):
+    """A planned file's open whose bytes are made by the first read that reaches us."""
+
+    def __init__(self, planned: PlannedFile):
+        self.planned, self.label = planned, planned.label
+        self._served: StaticFile | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.planned.size
+
+    def read_into(self, cache, offset: int, dest: np.ndarray) -> int:
+        with self._lock:
+            if self._served is None:
+                self._served = self.planned.opened()
+        return self._served.read_into(cache, offset, dest)
 
 
 def row_pieces(lo: int, hi: int, header: int, row_bytes: int, rows: int, item: int):
