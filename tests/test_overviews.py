@@ -258,6 +258,40 @@ def test_envelopes_equal_block_envelope(corpus_mount, corpus, ov_mount, ov_sourc
         assert decodes(a) == decodes(b) and a["misses"] == b["misses"], (b, a)
 
 
+def test_an_envelope_is_in_the_page_cache_once_opened(mount_fs, ov_source, tmp_path):
+    """Its bytes, made whole for the open, are stored into the kernel's page cache
+    before the open returns: np.load then sends no read to the daemon. An open the
+    kernel already holds stores nothing; pages dropped are read from us again."""
+    trace = tmp_path / "trace.jsonl"
+    m = mount_fs(ov_source, "--workers", "1", "--trace", trace)
+    folder = m.root / "many.mefd"
+    info = info_of(folder)
+    paths = [folder / ch["envelope_file"] for ch in info["channels"]]
+    wants = [block_envelope(ov_source / "many.mefd", ch["name"]) for ch in info["channels"]]
+
+    def envelope_reads() -> list:
+        read_stats(m)                 # flushes the trace
+        lines = [json.loads(x) for x in trace.read_text().splitlines()]
+        return [r for r in lines if "event" not in r and "/overview/blocks/" in r["path"]]
+
+    before = read_stats(m)
+    for path, want in zip(paths, wants):
+        assert np.array_equal(np.load(path), want, equal_nan=True), path
+    after = read_stats(m)
+    assert after["pushes"] - before["pushes"] == len(paths), (before, after)
+    assert after["push_bytes"] - before["push_bytes"] == sum(os.stat(p).st_size for p in paths)
+    assert envelope_reads() == []
+    for path, want in zip(paths, wants):
+        assert np.array_equal(np.load(path), want, equal_nan=True), path
+    again = read_stats(m)
+    assert again["pushes"] == after["pushes"] and envelope_reads() == [], (after, again)
+    drop_page_cache(paths[3])
+    assert np.array_equal(np.load(paths[3]), wants[3], equal_nan=True)
+    reads = envelope_reads()
+    assert reads and {r["path"] for r in reads} == {"/" + str(paths[3].relative_to(m.root))}, reads
+    assert sum(r["returned"] for r in reads) == os.stat(paths[3]).st_size, reads
+
+
 def test_envelopes_of_a_damaged_session_decode_nothing(mount_fs, damaged):
     m = mount_fs(damaged.source, "--workers", "1")
     folder = m.root / damaged.rel
