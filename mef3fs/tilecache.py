@@ -103,15 +103,15 @@ class TileCache:
         One pass under the lock finds what is cached, what is in flight and
         what to decode (one foreground job for all of it); then the cached
         parts are copied while the rest decodes."""
-        spans = [(i,) + tiles.bounds(i) for i in tiles.tiles_for(s0, s1)]
+        spans = tiles.spans(s0, s1)
         ready, waits, missing = [], [], []
         label = tiles.channel
         counts = {"hits": 0, "misses": 0, "single_flight_waits": 0, "readahead_hits": 0, "tiles_used": 0}
         base = tiles.key
         with self._lock:
             now = time.monotonic()
-            for i, a, b in spans:
-                if not tiles.has_data(i):
+            for i, a, b, data in spans:
+                if not data:
                     ready.append((a, b, None))
                     continue
                 key = base + (i,)
@@ -206,11 +206,11 @@ class TileCache:
     def peek(self, tiles, s0: int, s1: int, out: np.ndarray) -> bool:
         """Fill out from cached tiles only (for the kernel page cache); False if one is missing.
         Tiles seen here count as used: the reader will find them in the page cache."""
-        spans = [(i,) + tiles.bounds(i) for i in tiles.tiles_for(s0, s1)]
+        spans = tiles.spans(s0, s1)
         got, used, ahead = [], 0, 0
         with self._lock:
-            for i, a, b in spans:
-                if not tiles.has_data(i):
+            for i, a, b, data in spans:
+                if not data:
                     got.append((a, b, None))
                     continue
                 e = self._tiles.get(tiles.key + (i,))

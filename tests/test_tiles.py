@@ -427,3 +427,25 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
                 f", edges near: {edges[max(0, np.searchsorted(edges, bad[0]) - 1):][:3].tolist()})")
     finally:
         decoder.close()
+
+
+def test_spans_agree_with_tiles_for_bounds_and_has_data():
+    """The read path's one-pass lookup says what the three per-tile calls say, across
+    pieces, gaps (tiles without data) and ranges past either end."""
+    from mef3fs.tiles import ChannelTiles, TileTable
+    rng = np.random.default_rng(7)
+    starts, n = [0, 1000, 5000], 9000
+    tables = []
+    for a, b in zip(starts, starts[1:] + [n]):
+        edges = np.unique(np.r_[a, np.sort(rng.integers(a + 1, b, 7)), b]).astype(np.int64)
+        k = len(edges) - 1
+        tables.append(TileTable(edges, rng.random(k) > 0.3, np.zeros(k), np.zeros(k)))
+    ct = ChannelTiles(("k",), "/x", "c", "x/c", 0, 100.0, n, starts=starts, load=lambda _t, p: tables[p])
+    seen_gap = False
+    for _ in range(3000):
+        s0 = int(rng.integers(-20, n + 20))
+        s1 = s0 + int(rng.integers(0, 4000))
+        want = [(i,) + ct.bounds(i) + (ct.has_data(i),) for i in ct.tiles_for(s0, s1)]
+        assert ct.spans(s0, s1) == want, (s0, s1)
+        seen_gap = seen_gap or any(not d for *_, d in want)
+    assert seen_gap
