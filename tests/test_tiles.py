@@ -430,9 +430,10 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
 
 
 def test_spans_agree_with_tiles_for_bounds_and_has_data():
-    """The read path's one-pass lookup says what the three per-tile calls say, across
-    pieces, gaps (tiles without data) and ranges past either end."""
-    from mef3fs.tiles import ChannelTiles, TileTable
+    """The read path's one-pass lookup finds every tile overlapping a range, with its
+    bounds and whether it holds data, as the per-tile calls do, across pieces, gaps
+    (tiles without data) and ranges past either end."""
+    from mef3fs.tiles import PIECE_SHIFT, ChannelTiles, TileTable
     rng = np.random.default_rng(7)
     starts, n = [0, 1000, 5000], 9000
     tables = []
@@ -445,7 +446,12 @@ def test_spans_agree_with_tiles_for_bounds_and_has_data():
     for _ in range(3000):
         s0 = int(rng.integers(-20, n + 20))
         s1 = s0 + int(rng.integers(0, 4000))
-        want = [(i,) + ct.bounds(i) + (ct.has_data(i),) for i in ct.tiles_for(s0, s1)]
+        lo, hi = max(s0, 0), min(s1, n)
+        want = [((p << PIECE_SHIFT) + j, int(t.edges[j]), int(t.edges[j + 1]), bool(t.has_data[j]))
+                for p, t in enumerate(tables) for j in range(len(t.edges) - 1)
+                if lo < hi and t.edges[j] < hi and t.edges[j + 1] > lo]
         assert ct.spans(s0, s1) == want, (s0, s1)
+        assert ct.tiles_for(s0, s1) == [w[0] for w in want]
+        assert [ct.bounds(i) + (ct.has_data(i),) for i in ct.tiles_for(s0, s1)] == [w[1:] for w in want]
         seen_gap = seen_gap or any(not d for *_, d in want)
     assert seen_gap
