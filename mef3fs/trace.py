@@ -102,13 +102,14 @@ class Trace:
 
     def end(self, rec: Record, returned: int, error: str | None = None) -> None:
         rec.ended(returned, error)
-        self._pending.append(rec)
-        if len(self._pending) >= PENDING:
-            self._write()
+        self._file(rec)
 
     def event(self, **fields) -> None:
         """A read-ahead decision (not a read): {"event": ..., ...}."""
-        self._pending.append({"event": fields.pop("event"), "t": round(time.time(), 6), **fields})
+        self._file({"event": fields.pop("event"), "t": round(time.time(), 6), **fields})
+
+    def _file(self, item) -> None:
+        self._pending.append(item)
         if len(self._pending) >= PENDING:
             self._write()
 

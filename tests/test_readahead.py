@@ -54,6 +54,11 @@ def settle(m):
                       "read-ahead settled")
 
 
+def memmaps(d) -> dict:
+    """A viewer's view of the session folder d: one np.memmap per channel file."""
+    return {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+
+
 def window(maps, session, ch, a, n):
     got = np.asarray(maps[ch][a:a + n])
     np.testing.assert_array_equal(got.view(np.uint32), reference(session, ch)[a:a + n].view(np.uint32),
@@ -116,7 +121,7 @@ def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_s
     m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
     session = long_source / "long.mefd"
     d = session_dir(m, "long.mefd")
-    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    maps = memmaps(d)
     refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
     rng = np.random.default_rng(5)
     starts = rng.permutation(np.arange(2, LONG_SECONDS - 4, 8))[:6] * TILE + int(TILE * 0.3)
@@ -178,7 +183,7 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
     session = long_source / "long.mefd"
     d = session_dir(m, "long.mefd")
     n = 2 * TILE
-    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    maps = memmaps(d)
     refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
     seen = []
     start = 10 * TILE if direction > 0 else 50 * TILE
@@ -211,7 +216,7 @@ def test_a_jump_back_cancels_read_ahead_no_longer_wanted(mount_fs, long_source):
     session = long_source / "long.mefd"
     d = session_dir(m, "long.mefd")
     n = 3 * TILE
-    maps = {ch: np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r") for ch in LONG_CHANNELS}
+    maps = memmaps(d)
     tried = []
     try:
         for attempt in range(4):

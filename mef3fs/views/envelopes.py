@@ -50,6 +50,8 @@ def stated_blocks(channel) -> int:
 
 def reader_of(readers, meta):
     """The metadata reader of the session as its channels are read (a readable view, if any)."""
+    if not meta.channels:
+        return readers.get(meta.path, meta.identity)
     tiles = meta.channels[0].tiles
     return readers.get(tiles.session_path, tiles.identity)
 

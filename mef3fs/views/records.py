@@ -19,8 +19,7 @@ def add(layout: Layout) -> None:
 
     def make() -> bytes:
         try:
-            reader = reader_of(readers, meta) if meta.channels else readers.get(meta.path, meta.identity)
-            records = reader.records(level="all")
+            records = reader_of(readers, meta).records(level="all")
         except Exception as exc:
             records = {"error": f"{type(exc).__name__}: {exc}"}
         return json_bytes(records)
