@@ -166,6 +166,14 @@ def fuse_options(items: list[str]) -> dict:
     return out
 
 
+def _trusted_for(options: dict) -> float:
+    """Seconds the kernel trusts what a lookup or a listing told it (0: unknown)."""
+    try:
+        return min(float(options["attr_timeout"]), float(options["entry_timeout"]))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _check_mountpoint(path: str) -> str:
     try:
         st = os.stat(path)
@@ -348,10 +356,6 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     ops_class = DebugOperations if args.debug else Mef3fsOperations
     refresher = Refresher(namespace, args.refresh, None)
     namespace.on_changed = refresher.drop_cached
-    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher,
-                    startup=lambda: mount_warnings(namespace, args, no_password),
-                    attrs=Attributes(password, getattr(args, "umask", None)))
-    refresher.invalidate = ops.kernel.invalidate
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}
@@ -359,6 +363,11 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
         # libfuse 3.14's default (-1) is reported as invalid on every mount
         options["max_idle_threads"] = IDLE_THREADS
     options.update((k, v) for k, v in fuse_options(args.options).items() if k != "umask")
+    ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher,
+                    startup=lambda: mount_warnings(namespace, args, no_password),
+                    attrs=Attributes(password, getattr(args, "umask", None)), mountpoint=mountpoint,
+                    listing_ttl=_trusted_for(options))
+    refresher.invalidate = ops.kernel.invalidate
     log.info("mounting %s at %s", args.source, mountpoint)
     try:
         FUSE(ops, mountpoint, foreground=True, nothreads=False, raw_fi=True, **options)

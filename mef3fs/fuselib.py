@@ -20,6 +20,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import mfusepy as fuse  # noqa: E402
 
+from . import dirflags  # noqa: E402
+
 
 _U8 = np.dtype(np.uint8)
 FUSE_READDIR_PLUS = 1        # readdir flag: the kernel wants attributes with the names
@@ -54,12 +56,13 @@ class Listing:
     """A folder's entries as readdir hands them to the kernel: (name, attributes, file),
     turned into C structs once, however often the folder is listed."""
 
-    __slots__ = ("entries", "_structs", "made")
+    __slots__ = ("entries", "_structs", "made", "sent")
 
     def __init__(self, entries: list):
         self.entries = entries          # (name, attrs dict or None, file or None)
         self._structs = None
         self.made = time.monotonic()    # its attributes are the source's as of then
+        self.sent = None                # last handed to the kernel with attributes (monotonic)
 
     def names(self) -> list[str]:
         return [name for name, _, _ in self.entries]
@@ -103,21 +106,23 @@ class FUSE(fuse.FUSE):
     def opendir(self, path, fip):
         """A folder the operations say does not change (a session's, while it is
         the same) is listed once and then kept by the kernel, as pages of a file
-        are (cache_readdir + keep_cache; dropped when the session changes).
-        libfuse passes these flags on from 3.16 (Debian 12 has 3.14, which drops
-        them: there every listing reaches readdir_fuse_3)."""
-        fh, stable = self.operations.opendir_cached(path.decode(self.encoding, self.errors))
+        are (cache_readdir + keep_cache; dropped when the session changes), for
+        as long as the kernel may trust the attributes that listing carried.
+        libfuse passes these flags on from 3.16; dirflags.py gets them through
+        on Debian 12's 3.14."""
+        fh, cache, keep = self.operations.opendir_cached(path.decode(self.encoding, self.errors))
         fi = fip.contents
         fi.fh = fh
-        if stable and fuse.fuse_version_major >= 3 and hasattr(fi, "cache_readdir"):
-            fi.cache_readdir = 1
-            fi.keep_cache = 1
+        if cache and fuse.fuse_version_major >= 3 and hasattr(fi, "cache_readdir"):
+            dirflags.set_flags(fi, cache, keep)
         return 0
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         listing = self.operations.readdir_entries(path.decode(self.encoding, self.errors), fip.contents.fh)
         entries = listing.structs(self)
         plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        if offset == 0 and plus:
+            self.operations.listing_sent(listing)
         for k in range(offset, len(entries)):
             name, st, file = entries[k]
             if file is not None and file.direct_io:

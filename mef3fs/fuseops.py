@@ -14,9 +14,11 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
+from . import dirflags
 from .fuselib import FUSE_CAP_READDIRPLUS_AUTO, KernelCache, Listing, fuse
 
 from .attrs import BLOCK, Attributes
@@ -28,6 +30,7 @@ from .views.files import StaticFile
 log = logging.getLogger("mef3fs.fuse")
 
 KERNEL_READAHEAD = 4 << 10
+LISTING_SLACK = 1.0           # seconds: a kept listing must outlive the `ls` that reads it
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
 UNSUPPORTED_XATTRS = ("security.", "system.", "trusted.")
@@ -74,7 +77,8 @@ class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
     def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None,
-                 startup=lambda: [], attrs: Attributes | None = None):
+                 startup=lambda: [], attrs: Attributes | None = None, mountpoint: str = "",
+                 listing_ttl: float = 0.0):
         self.ns = namespace
         self.attrs = attrs or Attributes()
         self.engine = engine
@@ -83,6 +87,8 @@ class Mef3fsOperations(fuse.Operations):
         self.startup = startup          # () -> warnings for the user, checked before on_ready
         self.refresher = refresher      # refresh.Refresher: started in init, after any fork
         self.kernel = KernelCache()
+        self.mountpoint = mountpoint
+        self.listing_ttl = listing_ttl  # seconds the kernel trusts the attributes a listing carried
         self._served: dict[str, tuple] = {}   # path -> the session generation its pages came from
         self._said: set[str] = set()           # read failures already logged
         self._handles: dict[int, _Handle] = {}
@@ -110,6 +116,8 @@ class Mef3fsOperations(fuse.Operations):
             # folder: the later ones would otherwise cost a lookup per entry
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self.kernel.bind()
+        if self.listing_ttl > 0 and self.mountpoint:
+            dirflags.hook(fuse, self.mountpoint)
         warnings = self.startup()
         if self.on_ready:
             self.on_ready(warnings)
@@ -148,16 +156,30 @@ class Mef3fsOperations(fuse.Operations):
     def getattr(self, path, fh=None):
         return self.attrs_of(self.ns.lookup(path))
 
-    def opendir_cached(self, path) -> tuple[int, bool]:
-        """(handle, whether the kernel may keep the listing): a session's folders do
-        not change while it is the same session (refresh drops the kernel's copy);
-        SOURCE's folders may, at any time."""
+    def opendir_cached(self, path) -> tuple[int, bool, bool]:
+        """(handle, whether the kernel may cache the listing, whether it may keep
+        what it holds of it). A session's folders do not change while it is the
+        same session (refresh drops the kernel's copy); SOURCE's folders may, at
+        any time. What the kernel holds is kept while the attributes it came with
+        are still trusted: listed from its cache after that, every entry would
+        cost a lookup (an `ls -lR` of 100 sessions 1.7 -> 3.1 s)."""
         fh = next(self._fh)
         node = self._dirs[fh] = self.ns.lookup(path)
-        return fh, node.kind == "sessiondir"
+        if node.kind != "sessiondir":
+            return fh, False, False
+        session = node.session or self.ns.open_session(node.real)
+        listing = session.listings.get(node.rel) if session is not None else None
+        sent = listing.sent if listing is not None else None
+        keep = sent is not None and time.monotonic() - sent < self.listing_ttl - LISTING_SLACK
+        return fh, True, keep
 
     def opendir(self, path):
         return self.opendir_cached(path)[0]
+
+    def listing_sent(self, listing: Listing) -> None:
+        """The kernel got this listing with its attributes (readdirplus from the start)."""
+        listing.sent = time.monotonic()
+        self.engine.stats.add("listings")
 
     def readdir_entries(self, path, fh) -> Listing:
         """Every entry with its attributes, listed once per open folder (a

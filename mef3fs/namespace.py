@@ -198,6 +198,11 @@ class Namespace:
             s.last_used = time.monotonic()
             return s
 
+    def open_session(self, real: str) -> Session | None:
+        """The session at a real path if it is open now; never opens it."""
+        with self._lock:
+            return self._sessions.get(real)
+
     def _store(self, real: str, s: Session) -> None:
         s.on_files_changed = lambda rels: self.on_changed(self._paths(real, rels))
         with self._lock:

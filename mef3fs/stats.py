@@ -18,6 +18,8 @@ COUNTERS = (
     # pushed into the kernel's page cache for one), read ahead but dropped unused
     "tiles_decoded", "tiles_used", "tiles_pushed", "readahead_unused",
     "jobs", "windows", "windows_ahead", "pushes", "push_bytes",
+    # folder listings handed to the kernel (one a folder while it keeps them)
+    "listings",
 )
 
 

@@ -15,12 +15,16 @@ import json
 import os
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import mef3io
 
-from mef3fs.namespace import MAX_SESSIONS
+from mef3fs import dirflags
+from mef3fs.fuselib import fuse
+from mef3fs.namespace import MAX_SESSIONS, STATS_FILE
 from tests.conftest import channel_files, drop_page_cache, read_info, read_stats, reference
 from tests.sessions import T0, _reader, _rng, _signal, build_small_session
 
@@ -95,6 +99,46 @@ def test_listing_reads_no_block_index_and_opens_nothing_in_workers(corpus, mount
         time.sleep(0.1)
     assert all(workers_io(read_stats(m))[p] > before[p] for p in before), \
         "the workers did not open the session on its first read"
+
+
+def tree(root):
+    """Every entry under root with what `ls -l` shows of it (but the stats file, which
+    changes as we look); and how many folders are SOURCE's own (root included) and how
+    many a session's."""
+    entries, own, inside = {}, 0, 0
+    for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        if any(p.lower().endswith((".mefd", ".mefd.tar")) for p in Path(rel).parts):
+            inside += 1
+        else:
+            own += 1
+        for name in dirs + names:
+            if name == STATS_FILE:
+                continue
+            st = os.lstat(os.path.join(folder, name))
+            entries[os.path.join(rel, name)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid)
+    return entries, own, inside
+
+
+@pytest.mark.skipif(fuse.fuse_version_major != 3 or fuse._libfuse.fuse_version() < dirflags.FIRST,
+                    reason="libfuse before 3.12: the kernel is not asked to keep listings")
+def test_the_kernel_keeps_a_session_folders_listing_while_it_trusts_it(corpus, mount_fs):
+    """dirflags.py: a session's folders are listed by the daemon once, then by the kernel,
+    for as long as it trusts the attributes the listing carried; SOURCE's own folders,
+    which may change at any time, are listed by the daemon every time."""
+    m = mount_fs(corpus.source, "--workers", "0", "-o", "attr_timeout=10,entry_timeout=10")
+    first, own, inside = tree(m.root)
+    assert inside > own > 1, (own, inside)
+    listed = read_stats(m)["listings"]
+    assert listed == own + inside
+    assert tree(m.root)[0] == first
+    assert read_stats(m)["listings"] - listed == own
+    # told to trust nothing for long, the kernel gets every listing anew, attributes and all
+    short = mount_fs(corpus.source, "--workers", "0", "-o", "attr_timeout=0.5,entry_timeout=0.5")
+    assert tree(short.root)[0] == first
+    listed = read_stats(short)["listings"]
+    assert tree(short.root)[0] == first
+    assert read_stats(short)["listings"] == 2 * listed == 2 * (own + inside)
 
 
 def test_a_read_loads_only_the_segments_it_touches(corpus, mount_fs):
