@@ -8,9 +8,12 @@ Two patterns, two trackers:
   decoded for the whole group as soon as a second channel reads it too;
   from then on each window the lead opens is decoded at once for every
   channel read recently, its own part first. When the lead's new window is
-  next to its last one (a step, forward or backward), the window after it in
-  the direction of travel and the one behind are decoded too, and all of it
-  is put into the kernel's page cache of the followers' files (pagecache.py);
+  next to its last one (a step, forward or backward), the AHEAD_WINDOWS
+  windows after it in the direction of travel and the one behind are decoded
+  too, and all of it is put into the kernel's page cache of the followers'
+  files (pagecache.py), and of the lead's but for the farthest window's first
+  page: the reader's read there is the next that reaches us, so it pays a
+  round trip once every AHEAD_WINDOWS pages (a step of that many windows);
   a jump or a turn cancels what is no longer wanted. A window opened by a
   jump gets nothing speculative while windows are read back to back (a
   script); once nobody has read for 10 ms (a viewer showing it), both its
@@ -48,6 +51,9 @@ SLACK = 128 << 10             # kernel readahead may reorder requests by this mu
 STALE = 5.0                   # seconds after which a window or a reader no longer counts
 WINDOW_SECONDS = 300.0        # a window longer than this is a scan
 LEAD_TRIGGER = 1024           # samples (a page) of the lead's next window kept out of its page cache
+# windows read ahead in the direction of travel, all but the farthest whole: a
+# viewer's read reaches us (and costs it a round trip) once every this many pages
+AHEAD_WINDOWS = 3
 PAGE_SAMPLES = 1024           # float32 samples in a 4 KiB page
 GUESS_AFTER = 0.01            # seconds without a read after a window was opened: someone looks at it
 GUESS_FOR = 1.0               # seconds after the opening that such a pause still counts
@@ -211,14 +217,16 @@ class InStep:
         # the page cache already holds: a step is a window's width, give or take that
         slack = max(2 * page, width // 4)
         delta = s0 - a
-        if abs(delta - width) <= slack:
-            step = 1
-        elif abs(delta + width) <= slack:
-            step = -1
-        else:
-            step = 0
-        # The width stays what the first window taught: measured from those first reads
-        # it would drift a page a step (each push moves the next first read).
+        # the windows in between were read ahead whole: the reader passed them unseen
+        step = next((m * d for m in range(1, AHEAD_WINDOWS + 1) for d in (1, -1)
+                     if abs(delta - d * m * width) <= slack), 0)
+        direction = (step > 0) - (step < 0)
+        # The width stays what the first window taught (whole pages: up to two more than
+        # the reader's), but for backward steps: there the lead's first read is the
+        # first page of its window (what was pushed ends before it), so the distance
+        # from the last one, over the windows stepped, says the width to a page / m.
+        if step < 0 and abs(-delta / -step - width) <= 2 * page:
+            width = int(round(-delta / -step))
         if width > tiles.fs * WINDOW_SECONDS:
             self._win = None                   # a scan, not windows
             return [], []
@@ -239,13 +247,14 @@ class InStep:
             plan = [(cur[0], cur[1], rows, WINDOW, others, (tiles, s0, s1), None)]
         wanted = [cur]
         if step:
-            around, spans = self._around(s0, width, n, page, rows, now, (step, -step))
+            around, spans = self._around(s0, width, n, page, rows, now, (direction, -direction),
+                                         AHEAD_WINDOWS)
             plan += around
             wanted += spans
         else:
             self._opened = (self._win, now, rows)
         cancel = []
-        if step != self._direction or not step:
+        if direction != self._direction or not step:
             # a turn or a jump: read-ahead planned for other windows is no longer wanted
             keep = []
             for x0, x1, tokens in self._planned:
@@ -254,28 +263,51 @@ class InStep:
                 else:
                     cancel.append(tokens)
             self._planned = keep
-        self._direction = step
+        self._direction = direction
         return plan, cancel
 
-    def _around(self, s0: int, width: int, n: int, page: int, rows: list, now: float, steps) -> tuple:
-        """Read-ahead of the windows next to the one at s0, one per step in `steps`
-        (+1: the one after it, -1: the one before). -> (plan items, spans wanted)"""
+    def _around(self, s0: int, width: int, n: int, page: int, rows: list, now: float, steps,
+                ahead: int = 1) -> tuple:
+        """Read-ahead of the windows next to the one at s0: `ahead` of them in the
+        direction of steps[0] (+1: after it, -1: before it), one in each other
+        direction. -> (plan items, spans wanted)"""
         plan, wanted = [], []
-        for step in steps:
-            x = s0 + step * width
-            # a page more at both ends: reads start and end on page boundaries
-            x0, x1 = max(0, x - page), min(n, x + width + page)
-            # The lead's part leaves out its first page (its read there tells us it
-            # came) and, ahead of a forward step, its last: the window after it starts
-            # there, and a page stored now would move that one's first read on. The
-            # width is known to a page (reads are whole pages), so a prediction drifts:
-            # forward it drifts into the window and the lead reads the pages before it
-            # (which re-anchors the window), backward out of it, so two pages there.
-            forward = step > 0
-            lo = min(x1, x + (LEAD_TRIGGER if forward else 2 * LEAD_TRIGGER))
-            hi = min(x1, x + width - PAGE_SAMPLES) if forward else x1
-            lead_span = (lo, max(lo, hi))
-            if x1 > x0:
+        lead = [r for r in rows if r.key == self._lead]
+        for k, step in enumerate(steps):
+            count = ahead if k == 0 else 1
+            for i in range(1, count + 1):
+                x = s0 + step * i * width
+                # a page more at both ends (reads start and end on page boundaries), and
+                # one more per window away: a prediction is off by up to a page a window
+                x0, x1 = max(0, x - i * page), min(n, x + width + i * page)
+                if x1 <= x0:
+                    break
+                forward = step > 0
+                if i < count:
+                    # The reader passes through this window without a read reaching us:
+                    # the lead's part goes in whole, but (forward) for the page where
+                    # the next window starts, which may be the farthest one's first.
+                    lead_span = (x0, min(x1, x + width)) if forward else (x0, x1)
+                    if self._done_before((x0, x1), page, now):
+                        # read ahead already as the farthest window, its first pages
+                        # left out: those now (its tiles are decoded or on the way)
+                        if lead:
+                            first = (x0, min(x1, x + 2 * LEAD_TRIGGER))
+                            plan.append((x0, first[1], lead, AHEAD, lead, None, first))
+                    else:
+                        plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
+                    wanted.append((x0, x1))
+                    continue
+                # The farthest window's lead part leaves out its first page (the read
+                # there tells us the reader came) and, ahead of a forward step, its last:
+                # the window after it starts there, and a page stored now would move that
+                # one's first read on. The width is known to a page (reads are whole
+                # pages), so a prediction drifts: forward it drifts into the window and
+                # the lead reads the pages before it (which re-anchors the window),
+                # backward out of it by up to a page a window, so a page more per window.
+                lo = min(x1, x + (LEAD_TRIGGER if forward else (1 + i) * LEAD_TRIGGER))
+                hi = min(x1, x + width - PAGE_SAMPLES) if forward else x1
+                lead_span = (lo, max(lo, hi))
                 if not self._done_before((x0, x1), page, now):
                     plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
                 wanted.append((x0, x1))
