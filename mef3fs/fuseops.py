@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import collections
 import itertools
 import logging
 import os
@@ -30,6 +31,7 @@ from .views.files import StaticFile
 log = logging.getLogger("mef3fs.fuse")
 
 KERNEL_READAHEAD = 4 << 10
+OPEN_DIRS = 4096              # open folders whose node or listing is kept
 LISTING_SLACK = 1.0           # seconds: a kept listing must outlive the `ls` that reads it
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
@@ -92,7 +94,9 @@ class Mef3fsOperations(fuse.Operations):
         self._served: dict[str, tuple] = {}   # path -> the session generation its pages came from
         self._said: set[str] = set()           # read failures already logged
         self._handles: dict[int, _Handle] = {}
-        self._dirs: dict = {}      # open folder -> its node, then its Listing once listed
+        # open folder -> its node, then its Listing once listed; the newest OPEN_DIRS only,
+        # as releasedir is left to libfuse (see readdir_entries)
+        self._dirs: collections.OrderedDict = collections.OrderedDict()
         self._fh = itertools.count(1)
 
     # -- life cycle: pools start here, after any fork, and end in destroy ---
@@ -165,6 +169,8 @@ class Mef3fsOperations(fuse.Operations):
         cost a lookup (an `ls -lR` of 100 sessions 1.7 -> 3.1 s)."""
         fh = next(self._fh)
         node = self._dirs[fh] = self.ns.lookup(path)
+        if len(self._dirs) > OPEN_DIRS:
+            self._dirs.popitem(last=False)
         if node.kind != "sessiondir":
             return fh, False, False
         session = node.session or self.ns.open_session(node.real)
@@ -186,7 +192,10 @@ class Mef3fsOperations(fuse.Operations):
         listing comes in several requests that resume at an offset, each
         carrying attributes: readdirplus, see fuselib.FUSE.readdir_fuse_3),
         and once per session folder: it does not change while the session
-        is the same."""
+        is the same. There is no releasedir: libfuse frees its own handle, and
+        a Python call for each (half the requests of a warm `ls -lR`) would
+        only forget ours; the oldest are forgotten instead, and a folder still
+        open past that is listed again from its path."""
         node = self._dirs.get(fh)
         if isinstance(node, Listing):
             return node
@@ -206,10 +215,6 @@ class Mef3fsOperations(fuse.Operations):
     def readdir(self, path, fh):
         """libfuse2 only (no readdirplus there)."""
         return self.readdir_entries(path, fh).names()
-
-    def releasedir(self, path, fh):
-        self._dirs.pop(fh, None)
-        return 0
 
     def statfs(self, path):
         return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": 0, "f_bfree": 0,

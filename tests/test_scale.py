@@ -24,6 +24,7 @@ import mef3io
 
 from mef3fs import dirflags
 from mef3fs.fuselib import fuse
+from mef3fs.fuseops import OPEN_DIRS
 from mef3fs.namespace import MAX_SESSIONS, STATS_FILE
 from tests.conftest import channel_files, drop_page_cache, read_info, read_stats, reference
 from tests.sessions import T0, _reader, _rng, _signal, build_small_session
@@ -139,6 +140,21 @@ def test_the_kernel_keeps_a_session_folders_listing_while_it_trusts_it(corpus, m
     listed = read_stats(short)["listings"]
     assert tree(short.root)[0] == first
     assert read_stats(short)["listings"] == 2 * listed == 2 * (own + inside)
+
+
+def test_a_folder_opened_before_thousands_of_others_still_lists_in_full(corpus, mount_fs):
+    """releasedir is left to libfuse (fuseops.readdir_entries): the daemon keeps the
+    state of the newest OPEN_DIRS open folders, and one opened before them is listed
+    again from its path, in full."""
+    m = mount_fs(corpus.source, "--workers", "0")
+    want = sorted(os.listdir(m.root))
+    first = os.open(m.root, os.O_RDONLY | os.O_DIRECTORY)   # SOURCE's: listed by the daemon
+    try:
+        for _ in range(OPEN_DIRS + 10):
+            os.close(os.open(m.root / "sub-01", os.O_RDONLY | os.O_DIRECTORY))
+        assert sorted(os.listdir(first)) == want
+    finally:
+        os.close(first)
 
 
 def test_a_read_loads_only_the_segments_it_touches(corpus, mount_fs):
