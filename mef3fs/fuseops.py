@@ -31,7 +31,7 @@ from .views.files import StaticFile
 log = logging.getLogger("mef3fs.fuse")
 
 KERNEL_READAHEAD = 4 << 10
-OPEN_DIRS = 4096              # open folders whose node or listing is kept
+OPEN_DIRS = 256               # open folders whose node or listing is kept (a find or a file browser has a few)
 LISTING_SLACK = 1.0           # seconds: a kept listing must outlive the `ls` that reads it
 XATTR_PREFIX = "user.mef3fs."
 ENODATA = getattr(errno, "ENODATA", 61)
