@@ -142,7 +142,7 @@ def test_the_kernel_keeps_a_session_folders_listing_while_it_trusts_it(corpus, m
     assert read_stats(short)["listings"] == 2 * listed == 2 * (own + inside)
 
 
-def test_a_folder_opened_before_thousands_of_others_still_lists_in_full(corpus, mount_fs):
+def test_a_folder_opened_before_hundreds_of_others_still_lists_in_full(corpus, mount_fs):
     """releasedir is left to libfuse (fuseops.readdir_entries): the daemon keeps the
     state of the newest OPEN_DIRS open folders, and one opened before them is listed
     again from its path, in full."""
