@@ -7,9 +7,9 @@ are served by the kernel's page cache without reaching us.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
-import collections
 import itertools
 import logging
 import os
