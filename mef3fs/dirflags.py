@@ -93,7 +93,7 @@ def hook(fuse, mountpoint: str) -> bool:
     original = proto(words[OPS_AT + OPENDIR])
 
     def opendir(req, ino, fi):
-        _reply.fi = fi
+        _reply.fi = fi.contents
         try:
             original(req, ino, fi)
         finally:
@@ -106,12 +106,11 @@ def hook(fuse, mountpoint: str) -> bool:
     return True
 
 
-def set_flags(fi, cache: bool, keep: bool) -> None:
+def set_flags(fi, keep: bool) -> None:
     """Ask the kernel to cache this folder's listing (and keep what it holds of
     it): on the high-level fuse_file_info (libfuse >= 3.16 passes it on) and on
     the low-level one when opendir is wrapped."""
-    for target in (fi, getattr(_reply, "fi", None)):
-        if target is not None:
-            info = target.contents if hasattr(target, "contents") else target
-            info.cache_readdir = int(cache)
+    for info in (fi, getattr(_reply, "fi", None)):
+        if info is not None:
+            info.cache_readdir = 1
             info.keep_cache = int(keep)

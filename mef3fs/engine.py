@@ -21,7 +21,7 @@ from . import summaries
 from .decoders import make_decoder, return_big_buffers_to_the_os
 from .pagecache import PageCache
 from .pool import AHEAD, WINDOW, ProcessPool, ThreadPool
-from .readahead import WINDOW_SECONDS, group_of
+from .windows import WINDOW_SECONDS, group_of
 from .stats import Stats
 from .tilecache import TileCache
 from .trace import Trace
@@ -115,7 +115,7 @@ class Engine:
     def open_handle(self, file, path: str) -> "ReadContext":
         return ReadContext(self, file, path)
 
-    # -- read-ahead, for readahead.InStep -------------------------------------
+    # -- read-ahead, for windows.InStep -------------------------------------
 
     def window(self, rows: list, a: int, b: int, prio: int, push: list, reading=None,
                reading_ctx=None) -> list:

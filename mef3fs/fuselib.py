@@ -44,9 +44,8 @@ def _pin_thread_state() -> None:
     open and close 118-136 -> 39-54 us. One more PyGILState_Ensure, never
     released, keeps the state for the thread's life; libfuse keeps up to
     IDLE_THREADS idle threads, so the few that end leave a few KiB each."""
-    if not getattr(_pinned, "on", False) and os.environ.get("NOPIN") is None:
-        ctypes.pythonapi.PyGILState_Ensure()
-        _pinned.on = True      # a thread-local lives as long as the thread state
+    ctypes.pythonapi.PyGILState_Ensure()
+    _pinned.on = True          # a thread-local lives as long as the thread state
 
 
 _SIZES = ("st_size", "st_blocks")
@@ -114,7 +113,7 @@ class FUSE(fuse.FUSE):
         fi = fip.contents
         fi.fh = fh
         if cache and fuse.fuse_version_major >= 3 and hasattr(fi, "cache_readdir"):
-            dirflags.set_flags(fi, cache, keep)
+            dirflags.set_flags(fi, keep)
         return 0
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):

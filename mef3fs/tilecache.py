@@ -5,7 +5,7 @@ single-flight (two readers of one missing tile cause one decode). Missing
 tiles are decoded in jobs (decoders.Job): consecutive tiles of a channel,
 and the same tiles of several channels of one rate, go to a worker as one
 call, which costs less per tile and crosses to the daemon once. Read-ahead
-(readahead.py) asks for tiles through `want`; it may hold at most half the
+(windows.py, readahead.py) asks for tiles through `want`; it may hold at most half the
 budget (in flight or decoded and not yet read), so it never evicts what
 readers are using.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mef3fs.readahead import AHEAD_WINDOWS
+from mef3fs.windows import AHEAD_WINDOWS
 from tests.conftest import read_stats
 from tests.sessions import reference
 from tests.test_engine import (LONG_CHANNELS, LONG_FS, LONG_SECONDS, NPY_HEADER, assert_same_bytes,

@@ -6,7 +6,7 @@ every trace) share one `InStep`, which reads ahead for the others.
 
 from __future__ import annotations
 
-from ..readahead import InStep
+from ..windows import InStep
 from .files import SignalFile, npy_header
 from .layout import Layout
 

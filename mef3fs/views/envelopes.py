@@ -28,7 +28,7 @@ import numpy as np
 
 from ..decoders import DecodeError
 from .files import PlannedFile, npy_header
-from .layout import Layout
+from .layout import Layout, reader_of
 
 log = logging.getLogger("mef3fs.views")
 
@@ -46,14 +46,6 @@ def planned_size(blocks: int) -> int:
 def stated_blocks(channel) -> int:
     """The block count segment metadata states (what listing may know)."""
     return sum(int(s["number_of_blocks"]) for s in channel.segments)
-
-
-def reader_of(readers, meta):
-    """The metadata reader of the session as its channels are read (a readable view, if any)."""
-    if not meta.channels:
-        return readers.get(meta.path, meta.identity)
-    tiles = meta.channels[0].tiles
-    return readers.get(tiles.session_path, tiles.identity)
 
 
 def _broken(reader, names) -> dict:
@@ -119,8 +111,8 @@ class _Batches:
         self._bytes = 0
         self._seen: collections.OrderedDict = collections.OrderedDict()    # sessions read in one go
 
-    def take(self, reader_of, session, names: list, name: str, stated_bytes: int, label: str) -> np.ndarray:
-        """`reader_of()` gives the session's reader: asked only when something must be read
+    def take(self, get_reader, session, names: list, name: str, stated_bytes: int, label: str) -> np.ndarray:
+        """`get_reader()` gives the session's reader: asked only when something must be read
         (a lookup in the reader cache cost a quarter of an envelope file's open)."""
         with self._lock:
             env = self._items.pop((session, name), None)
@@ -132,7 +124,7 @@ class _Batches:
                 self._seen[session] = True
                 while len(self._seen) > 1024:
                     self._seen.popitem(last=False)
-        reader = reader_of()
+        reader = get_reader()
         if first and len(names) > 1 and stated_bytes <= self.budget // 4:
             try:
                 got = envelopes(reader, names, label)

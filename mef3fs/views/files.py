@@ -202,7 +202,7 @@ class SignalFile(File):
 
     def __init__(self, rows: list, header: bytes = b"", label: str = "", xattrs=None, in_step=None):
         self.rows = rows            # tiles.ChannelTiles, one per channel, back to back
-        self.in_step = in_step      # readahead.InStep of the rate group: kept alive by its files
+        self.in_step = in_step      # windows.InStep of the rate group: kept alive by its files
         self.header = header
         self.label = label
         self.xattrs = xattrs or {}

@@ -36,3 +36,11 @@ class Layout:
                 folder = "/".join(parts[:depth])
                 out.setdefault(folder, set()).add(parts[depth])
         return {folder: sorted(names) for folder, names in out.items()}
+
+
+def reader_of(readers, meta):
+    """The metadata reader of the session as its channels are read (a readable view, if any)."""
+    if not meta.channels:
+        return readers.get(meta.path, meta.identity)
+    tiles = meta.channels[0].tiles
+    return readers.get(tiles.session_path, tiles.identity)

@@ -25,10 +25,10 @@ import os
 
 import numpy as np
 
-from .envelopes import envelopes_or_none, reader_of
+from .envelopes import envelopes_or_none
 from .files import PlannedFile
 from .font import CELL_H, draw_text, fit, text_width
-from .layout import Layout
+from .layout import Layout, reader_of
 from .png import encode_png, png_size
 
 NAME = "preview.png"

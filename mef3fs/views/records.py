@@ -9,9 +9,8 @@ the file's size is 0 (files.GeneratedFile).
 from __future__ import annotations
 
 from ..jsontext import json_bytes
-from .envelopes import reader_of
 from .files import GeneratedFile
-from .layout import Layout
+from .layout import Layout, reader_of
 
 
 def add(layout: Layout) -> None:
