@@ -271,11 +271,11 @@ class InStep:
                     # the next window starts, which may be the farthest one's first.
                     lead_span = (x0, min(x1, x + width)) if forward else (x0, x1)
                     if self._done_before((x0, x1), page, now):
-                        # read ahead already as the farthest window, its first pages
-                        # left out: those now (its tiles are decoded or on the way)
+                        # read ahead already, as a farthest window whose lead part left
+                        # pages out at either end (up to 1 + AHEAD_WINDOWS of them): the
+                        # lead's part again, whole (its tiles are decoded or on the way)
                         if lead:
-                            first = (x0, min(x1, x + 2 * LEAD_TRIGGER))
-                            plan.append((x0, first[1], lead, AHEAD, lead, None, first))
+                            plan.append((x0, x1, lead, AHEAD, lead, None, lead_span))
                     else:
                         plan.append((x0, x1, rows, AHEAD, rows, None, lead_span))
                     wanted.append((x0, x1))
