@@ -77,9 +77,10 @@ class ReadAhead:
         wanted = self._ctx.stream_wanted(offset, run, MIN_RUN)
         if not wanted:
             return
-        # at least two tiles ahead: a window smaller than a tile only ever waits for it
-        stream.window = min(self._max, max(MIN_WINDOW, 2 * size, 2 * stream.window,
-                                           2 * self._ctx.tile_bytes(offset)))
+        if stream.window < self._max:
+            # at least two tiles ahead: a window smaller than a tile only ever waits for it
+            stream.window = min(self._max, max(MIN_WINDOW, 2 * size, 2 * stream.window,
+                                               2 * self._ctx.tile_bytes(offset)))
         self._schedule(stream, size)
 
     def _match(self, offset: int, end: int, tol: int):

@@ -1,14 +1,16 @@
 """Min-max summaries of decoded tiles, kept after the tiles themselves are evicted.
 
-Every tile the cache decodes is summarized here (its minimum and maximum
-per STEP grid samples, bins aligned to the grid), so a min-max level of
+Every decoded tile is summarized here (its minimum and maximum per STEP
+grid samples, bins aligned to the grid) as it leaves the tile cache, and a
+level summarizes the cached tiles it reads; so a min-max level of
 decimation k >= STEP, a multiple of STEP, needs no decode once the data
-was read, whatever the tile cache has dropped since. A summary is 2 float32
+was read, whatever the tile cache has dropped since. A tile still cached
+needs no summary: the level reads it (no decode) and keeps what it made. A summary is 2 float32
 per STEP samples (2% of the tile at STEP = 100). They live under their own
 byte budget (an eighth of the tile cache's, at least MIN_BUDGET), least
 recently used dropped first; a dropped one is made again from the tile.
 
-The tile cache calls `add` through its one hook, `on_decoded(key, first,
+The tile cache calls `add` through its one hook, `on_leaving(key, first,
 samples)`; the views find the store of the cache they read through with
 `store_of`.
 """
@@ -64,8 +66,8 @@ class SummaryStore:
         self._counts = collections.Counter()
 
     def add(self, key, first: int, samples: np.ndarray) -> None:
-        """A tile was decoded (the tile cache's hook): keep its summary."""
-        if len(samples):
+        """A decoded tile leaves the tile cache (its hook): keep its summary."""
+        if len(samples) and key not in self._items:
             self.put(key, summarize(first, samples))
 
     def put(self, key, summary: tuple[int, np.ndarray]) -> None:
@@ -101,9 +103,9 @@ class SummaryStore:
 
 
 def attach(cache) -> SummaryStore:
-    """Give a tile cache its summary store: every tile it decodes from now on is summarized."""
+    """Give a tile cache its summary store: every tile it lets go of from now on is summarized."""
     store = SummaryStore(max(MIN_BUDGET, cache.budget // 8))
-    cache.on_decoded = store.add
+    cache.on_leaving = store.add
     _stores[cache] = store
     return store
 

@@ -7,7 +7,7 @@ samples [j*k, min((j+1)*k, n)), NaN for a bin without data; k = 10, 100,
 from the grid (metadata); the bins are computed when read, from the same
 tiles as every other view (`cache.samples`): a bin over cached tiles costs
 no decode, and levels with k >= 100 come from the summaries every decoded
-tile leaves behind (summaries.py), so once data was read they cost no
+tile leaves behind when it is evicted (summaries.py), so once data was read they cost no
 decode even after its tiles were evicted. Data never decoded is decoded
 through the pool, the next tiles read ahead while one is reduced.
 """
@@ -110,7 +110,7 @@ class MinMaxFile(File):
             x = np.empty(b - a, dtype=np.float32)
             cache.samples(tiles, a, b, x)
             key = tiles.key + (i,)
-            got = store.get(key) if store is not None else None    # a decode just summarized it
+            got = store.get(key) if store is not None else None    # evicted meanwhile: summarized
             if got is None:
                 got = summarize(a, x)
                 if store is not None:
