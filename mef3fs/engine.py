@@ -230,7 +230,7 @@ class Engine:
         out["decoder"] = self.decoder_name
         out["page_cache_push"] = bool(self.pagecache and self.pagecache.on)
         out["readahead_pending"] = self._plans_pending
-        out["pushes_pending"] = int(bool(self.pagecache and self.pagecache.busy))
+        out["pushes_pending"] = int(bool(self.pagecache and self.pagecache.pending))
         for report in self.reporters:
             out.update(report())
         return (json.dumps(out, indent=1, sort_keys=True) + "\n").encode()

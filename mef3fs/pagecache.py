@@ -13,6 +13,10 @@ reports as st_ino unless `use_ino` is set: so this is on only then. Only
 whole pages are stored (a partial page would be left not up to date), never
 past the end of the file (that would grow it). A thread does it, never a
 FUSE thread: storing into a page waits for that page's own pending read.
+A store whose tiles are still decoding is set aside until they land, and
+the thread goes on with the next: waiting for them in line (as it once did)
+held every later store behind read-ahead still queued, and at 32 kHz a
+random window's pages then came one FUSE read at a time (1,250 a window).
 
 The one exception is a small file made whole for an open (a block
 envelope, a picture, a JSON file): `store_file` puts all of it in before
@@ -29,7 +33,7 @@ import logging
 import os
 import queue
 import threading
-from concurrent.futures import wait as wait_futures
+import time
 
 import numpy as np
 
@@ -77,11 +81,18 @@ class PageCache:
         self._thread = None
         self._stopped = threading.Event()
         self._storing = False
+        self._parked = 0                # stores waiting for their tiles to land
+        self._parked_lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
         """Stores queued or under way (a reader's page fault may wait for one)."""
         return self._storing or not self._queue.empty()
+
+    @property
+    def pending(self) -> bool:
+        """Stores not done yet, including those waiting for their tiles."""
+        return self.busy or self._parked > 0
 
     @property
     def on(self) -> bool:
@@ -163,8 +174,33 @@ class PageCache:
             finally:
                 self._storing = False
 
-    def _store(self, ctx, tiles, a: int, b: int) -> None:
-        if ctx.closed:
+    def _park(self, tickets, item) -> None:
+        """Put `item` back in the queue once these tickets' jobs are done (landed,
+        failed or cancelled: every job ends, at the latest when the mount does)."""
+        left = [len(tickets)]
+        lock = threading.Lock()
+        with self._parked_lock:
+            self._parked += 1
+
+        def release(_future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            with self._parked_lock:
+                self._parked -= 1
+            if not self._stopped.is_set():
+                self._queue.put(item)
+
+        for t in tickets:
+            t.future.add_done_callback(release)
+
+    def _store(self, ctx, tiles, a: int, b: int, since: float | None = None) -> None:
+        """`since`: when the store was asked for; its tiles landing LAND_WAIT later
+        come too late to matter (the reader has been through by then)."""
+        now = time.monotonic()
+        since = now if since is None else since
+        if ctx.closed or now - since > LAND_WAIT:
             return
         span = byte_range(ctx.file, tiles, a, b)
         if span is None:
@@ -179,9 +215,11 @@ class PageCache:
         for at in range(lo, hi, MAX_STORE):
             end = min(hi, at + MAX_STORE)
             s0, s1 = (at - base) // 4, -(-(end - base) // 4)
-            pending = self._cache.pending(tiles, s0, s1)
+            # (a job done whose tiles are not in yet is landing this very moment)
+            pending = [t for t in self._cache.pending(tiles, s0, s1) if not t.future.done()]
             if pending:
-                wait_futures([t.future for t in pending], timeout=LAND_WAIT)
+                self._park(pending, (ctx, tiles, s0, b, since))
+                return
             if self._stopped.is_set() or ctx.closed:
                 return
             samples = np.empty(s1 - s0, dtype=np.float32)

@@ -15,6 +15,7 @@ or drop the file's cached pages with posix_fadvise(DONTNEED).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import threading
@@ -694,23 +695,43 @@ def test_no_process_left_after_unmount(mount_fs, long_source, how, foreground):
 # 8. the kernel page cache serves re-reads
 # ---------------------------------------------------------------------------
 
-def test_second_read_does_not_reach_the_daemon(mount_fs, long_source):
-    m = mount_fs(long_source, "--workers", "1")
+def _reads_since(trace: Path, t: float) -> list:
+    """(offset, size) of the FUSE reads the trace logged after time.time() t."""
+    lines = [json.loads(x) for x in trace.read_text().splitlines() if x.strip()] if trace.exists() else []
+    return [(x["offset"], x["size"]) for x in lines if "offset" in x and x["t"] >= t]
+
+
+def test_second_read_does_not_reach_the_daemon(mount_fs, long_source, tmp_path):
+    """A file read once is read again from the kernel's page cache: nothing is decoded
+    again, and all but a stray page or two never reach the daemon.
+
+    Those strays are the kernel's: in 3 to 5 of 40 runs (this stop's code and the
+    last one's alike) fincore counted 1,872-1,874 of k3.f32's 1,875 pages resident
+    right after the first read, although the daemon had answered every byte of the
+    requests that held them; the second read then asks for just those pages. A
+    mount that did not keep its pages would send the second read whole."""
+    trace = tmp_path / "trace.jsonl"      # says which reads came
+    m = mount_fs(long_source, "--workers", "1", "--trace", str(trace))
     session = long_source / "long.mefd"
     f32 = session_dir(m, "long.mefd") / "k3.f32"
     want = reference(session, "k3").tobytes()
-    keys = ("hits", "misses", "single_flight_waits", "readahead_hits")
-    s0 = read_stats(m)
+    decoding = ("misses", "single_flight_waits", "readahead_hits")
+    t0 = time.time()
     assert_same_bytes(read_file(f32), want, "k3.f32 first read")
     s1 = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
-    assert s1["hits"] + s1["misses"] > s0["hits"] + s0["misses"], "the first read reached no tile"
+    t1 = time.time()
+    first = _reads_since(trace, t0)
+    assert first, "the first read reached no tile"
     assert_same_bytes(read_file(f32), want, "k3.f32 second read")
-    s2 = read_stats(m)
-    assert delta(s2, s1, *keys) == dict.fromkeys(keys, 0), (
-        f"the second read of k3.f32 reached the daemon: {delta(s2, s1, *keys)}")
     mm = np.memmap(f32, dtype="<f4", mode="r")
     assert np.asarray(mm).tobytes() == want
     del mm
-    s3 = read_stats(m)
-    assert delta(s3, s1, *keys) == dict.fromkeys(keys, 0), (
-        f"np.memmap of the already-read k3.f32 reached the daemon: {delta(s3, s1, *keys)}")
+    s2 = read_stats(m)
+    again = _reads_since(trace, t1)
+    assert delta(s2, s1, *decoding) == dict.fromkeys(decoding, 0), (
+        f"reading k3.f32 again decoded: {delta(s2, s1, *decoding)}, reads {again}")
+    pages = sum(size for _, size in first) // 4096
+    strays = sum(size for _, size in again) // 4096
+    assert len(again) <= 8 and strays <= pages // 100, (
+        f"reading k3.f32 again (read(), then np.memmap) reached the daemon {len(again)} times "
+        f"for {strays} of its {pages} pages: {again}")
