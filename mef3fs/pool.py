@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -320,32 +319,6 @@ class _Proc:
         with self.send_lock:
             self.conn.send(msg)
 
-    def recv_array(self) -> np.ndarray:
-        """The worker's next send_bytes, straight into a float32 array. multiprocessing's
-        recv_bytes copies each tile three times (chunks, a BytesIO, its value): 0.5 of the
-        daemon's 2.5 CPU-s in a cold scan of 16 ch x 1 h."""
-        size = struct.unpack("!i", self._recv_exactly(4))[0]
-        if size == -1:                   # multiprocessing's header for 2 GiB and more
-            size = struct.unpack("!Q", self._recv_exactly(8))[0]
-        arr = np.empty(size // 4, dtype=np.float32)
-        self._recv_into(memoryview(arr).cast("B"))
-        if size % 4:
-            raise OSError(f"worker sent a tile of {size} bytes")
-        return arr
-
-    def _recv_exactly(self, n: int) -> bytes:
-        buf = bytearray(n)
-        self._recv_into(memoryview(buf))
-        return bytes(buf)
-
-    def _recv_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise EOFError("decoder worker closed its socket")
-            got += n
-
     def shut(self) -> None:
         """Wake everything blocked on this socket, here and in the worker (EOF)."""
         try:
@@ -438,7 +411,8 @@ class ProcessPool(_Pool):
                 p.send(("job", t.jid, t.job))
                 reply = p.conn.recv()
                 if reply[0] == "ok":
-                    tiles = [DecodeError(x) if isinstance(x, str) else p.recv_array() for x in reply[4]]
+                    tiles = [DecodeError(x) if isinstance(x, str) else
+                             np.frombuffer(p.conn.recv_bytes(), dtype=np.float32) for x in reply[4]]
             except (EOFError, OSError, ValueError) as exc:
                 t.worker = None
                 if self._closed:
