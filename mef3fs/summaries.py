@@ -5,10 +5,11 @@ grid samples, bins aligned to the grid) as it leaves the tile cache, and a
 level summarizes the cached tiles it reads; so a min-max level of
 decimation k >= STEP, a multiple of STEP, needs no decode once the data
 was read, whatever the tile cache has dropped since. A tile still cached
-needs no summary: the level reads it (no decode) and keeps what it made. A summary is 2 float32
-per STEP samples (2% of the tile at STEP = 100). They live under their own
-byte budget (an eighth of the tile cache's, at least MIN_BUDGET), least
-recently used dropped first; a dropped one is made again from the tile.
+needs no summary: the level reads it (no decode) and keeps what it made.
+A summary is 2 float32 per STEP samples (2% of the tile at STEP = 100).
+They live under their own byte budget (an eighth of the tile cache's, at
+least MIN_BUDGET), least recently used dropped first; a dropped one is made
+again from the tile.
 
 The tile cache calls `add` through its one hook, `on_leaving(key, first,
 samples)`; the views find the store of the cache they read through with
