@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import math
 import logging
 import os
@@ -325,6 +326,9 @@ def _tell_stderr(warnings: list[str]) -> None:
             print(f"mef3fs: warning: {w}", file=sys.stderr)
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_password: str,
         on_ready) -> int:
     """Mount and serve until unmounted or signalled; libfuse owns SIGINT/SIGTERM/SIGHUP."""
@@ -339,6 +343,12 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     from .session import Opener
     from .views.files import DynamicFile
 
+    # The daemon keeps hundreds of thousands of objects (every open session's files) and
+    # listing a session allocates tens of thousands more: at Python's default thresholds
+    # (700, 10, 10) the collector walked the kept ones again and again (a cold ls -lR of
+    # 100 x 64-channel sessions: 5.3-6.1 -> 4.4-4.9 s). Sessions hold no reference cycle
+    # (session._reporter), so what is let go is freed without the collector.
+    gc.set_threshold(*GC_THRESHOLDS)
     engine = Engine(args.decoder, password, args.workers, args.cache_size, args.cache_ttl or math.inf,
                     readahead=args.readahead > 0, mountpoint=mountpoint, trace=args.trace)
     stats_file = DynamicFile(engine.stats_json, ".mef3fs-stats.json")

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -132,7 +133,7 @@ class Opener:
             meta = read_meta(reader, path, shown_path, session.keyspace, decode_identity,
                              self.password, self.tile_seconds, self.index, self.inside,
                              previous=previous.meta if previous is not None and previous.ok else None,
-                             no_password=self.no_password, report=session.report_damage,
+                             no_password=self.no_password, report=_reporter(session),
                              open_path=open_path, denied=denied)
             session.meta = meta
             layout = lay_out(meta, reader, self.readers, self.index)
@@ -148,6 +149,19 @@ class Opener:
             session.dirs = {"": ["info.json"]}
             log.warning("session %s cannot be opened: %s", shown_path, session.error)
         return session
+
+
+def _reporter(session: Session):
+    """How a session's tiles report damage without holding the session: that one
+    reference back made every session a cycle, which only Python's collector frees,
+    so sessions let go (beyond MAX_SESSIONS) stayed in memory until it ran."""
+    ref = weakref.ref(session)
+
+    def report(damage: dict) -> None:
+        s = ref()
+        if s is not None:
+            s.report_damage(damage)
+    return report
 
 
 def _check_readable(path: str) -> None:
