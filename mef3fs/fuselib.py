@@ -14,6 +14,7 @@ if not (os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 import ctypes  # noqa: E402
+import operator  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -48,7 +49,27 @@ def _pin_thread_state() -> None:
     _pinned.on = True          # a thread-local lives as long as the thread state
 
 
-_SIZES = ("st_size", "st_blocks")
+# attrs.Attributes' answers: these keys, times in ns (the FUSE class's use_ns)
+_ANSWER = frozenset(("st_mode", "st_nlink", "st_size", "st_uid", "st_gid", "st_atime", "st_mtime",
+                     "st_ctime", "st_blksize", "st_blocks"))
+_SHARED = operator.itemgetter("st_mode", "st_nlink", "st_uid", "st_gid", "st_atime", "st_mtime",
+                              "st_ctime", "st_blksize")
+_NS = 10**9
+
+
+def c_stat_of(attrs: dict, use_ns: bool):
+    """A struct stat from an attributes dict: in one constructor call for our own
+    answers (4 us, where mfusepy's field-by-field set_st_attrs takes 6.5)."""
+    if not use_ns or attrs.keys() != _ANSWER:
+        st = fuse.c_stat()
+        fuse.set_st_attrs(st, attrs, use_ns=use_ns)
+        return st
+    ts = fuse.c_timespec
+    return fuse.c_stat(st_mode=attrs["st_mode"], st_nlink=attrs["st_nlink"], st_uid=attrs["st_uid"],
+                       st_gid=attrs["st_gid"], st_size=attrs["st_size"], st_blksize=attrs["st_blksize"],
+                       st_blocks=attrs["st_blocks"], st_atimespec=ts(*divmod(attrs["st_atime"], _NS)),
+                       st_mtimespec=ts(*divmod(attrs["st_mtime"], _NS)),
+                       st_ctimespec=ts(*divmod(attrs["st_ctime"], _NS)))
 
 
 class Listing:
@@ -68,20 +89,22 @@ class Listing:
 
     def structs(self, fs: "FUSE") -> list:
         if self._structs is None:
-            # a folder's entries differ mostly in size: each is a copy of a struct made
-            # once per owner, mode and times (8.3 -> 3.1 us an entry; a session has ~280)
+            # entries with the same owner, mode and times (a channel's files) differ
+            # only in size: a copy of the first one's struct (1 us against 4)
             out, made = [], {}
             for name, attrs, file in self.entries:
                 st = None
                 if attrs is not None:
-                    key = tuple(v for k, v in attrs.items() if k not in _SIZES)
-                    template = made.get(key)
+                    key = _SHARED(attrs) if attrs.keys() == _ANSWER else None
+                    template = made.get(key) if key is not None else None
                     if template is None:
-                        template = made[key] = fuse.c_stat()
-                        fuse.set_st_attrs(template, attrs, use_ns=fs.use_ns)
-                    st = fuse.c_stat.from_buffer_copy(template)
-                    st.st_size = attrs.get("st_size", 0)
-                    st.st_blocks = attrs.get("st_blocks", 0)
+                        st = c_stat_of(attrs, fs.use_ns)
+                        if key is not None:
+                            made[key] = st
+                    else:
+                        st = fuse.c_stat.from_buffer_copy(template)
+                        st.st_size = attrs["st_size"]
+                        st.st_blocks = attrs["st_blocks"]
                 out.append((name.encode(fs.encoding, fs.errors), st, file))
             self._structs = out
         return self._structs
