@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often a session in use is checked for new data (default 1; 0: never)")
     p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
                    help="decoder processes (default: CPU count; 0 decodes in threads of the daemon)")
+    p.add_argument("--statahead", type=_count, default=None, metavar="N",
+                   help="sessions a walk of SOURCE (ls -lR, find) reaches next that are opened "
+                   "ahead of it (default 2; 0: off)")
     p.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
                    help="largest read-ahead window per sequential stream (default 64M, 0: off)")
     p.add_argument("--host-root", metavar="DIR", default=None,
@@ -340,6 +343,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     from .readers import BUDGET_ENV as READER_BUDGET_ENV
     from .namespace import Namespace
     from .refresh import Refresher
+    from .statahead import AHEAD, Statahead
     from .session import Opener
     from .views.files import DynamicFile
 
@@ -366,6 +370,8 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
     ops_class = DebugOperations if args.debug else Mef3fsOperations
     refresher = Refresher(namespace, args.refresh, None)
     namespace.on_changed = refresher.drop_cached
+    statahead = Statahead(namespace, engine.stats, AHEAD if args.statahead is None else args.statahead)
+    namespace.on_used = statahead.used
     options = {"fsname": f"mef3fs:{args.source}", "subtype": "mef3fs", "ro": True,
                "default_permissions": True, "attr_timeout": ATTR_TIMEOUT,
                "entry_timeout": ATTR_TIMEOUT, "negative_timeout": 0}
@@ -374,6 +380,7 @@ def run(args, source: str, host: HostRoot, mountpoint: str, password: str, no_pa
         options["max_idle_threads"] = IDLE_THREADS
     options.update((k, v) for k, v in fuse_options(args.options).items() if k != "umask")
     ops = ops_class(namespace, engine, args.readahead, on_ready=on_ready, refresher=refresher,
+                    statahead=statahead,
                     startup=lambda: mount_warnings(namespace, args, no_password),
                     attrs=Attributes(password, getattr(args, "umask", None)), mountpoint=mountpoint,
                     listing_ttl=_trusted_for(options))

@@ -79,7 +79,7 @@ class Mef3fsOperations(fuse.Operations):
     use_ns = True
 
     def __init__(self, namespace: Namespace, engine, readahead_bytes: int, on_ready=None, refresher=None,
-                 startup=lambda: [], attrs: Attributes | None = None, mountpoint: str = "",
+                 statahead=None, startup=lambda: [], attrs: Attributes | None = None, mountpoint: str = "",
                  listing_ttl: float = 0.0):
         self.ns = namespace
         self.attrs = attrs or Attributes()
@@ -88,6 +88,7 @@ class Mef3fsOperations(fuse.Operations):
         self.on_ready = on_ready        # on_ready(warnings): the mount is up (daemon.py tells the caller)
         self.startup = startup          # () -> warnings for the user, checked before on_ready
         self.refresher = refresher      # refresh.Refresher: started in init, after any fork
+        self.statahead = statahead      # statahead.Statahead: the same
         self.kernel = KernelCache()
         self.mountpoint = mountpoint
         self.listing_ttl = listing_ttl  # seconds the kernel trusts the attributes a listing carried
@@ -135,6 +136,8 @@ class Mef3fsOperations(fuse.Operations):
                 log.warning("libfuse2 cannot drop the kernel's cached pages: a recording that grows "
                             "while mounted shows new sizes only after the attribute timeout")
             self.refresher.start()
+        if self.statahead is not None:
+            self.statahead.start()
         log.info("mounted; %s", self.engine.describe())
 
     def destroy(self, path):
@@ -144,6 +147,8 @@ class Mef3fsOperations(fuse.Operations):
         _ignore_sigpipe()
         if self.refresher is not None:
             self.refresher.close()
+        if self.statahead is not None:
+            self.statahead.close()
         for h in list(self._handles.values()):
             h.readahead.close()
             h.ctx.closed = True

@@ -80,6 +80,7 @@ class Namespace:
         self._mount_paths: dict[str, set] = {}     # real session path -> mount paths it was seen at
         self._open_files: dict[str, int] = {}      # real session path -> open file handles
         self.on_changed = lambda mount_paths: None  # the kernel's caches of these must be dropped
+        self.on_used = lambda real: None     # a request opened a session, or first used one opened ahead
         self._leads: dict[str, tuple[float, bool]] = {}
         self._walks: dict[str, tuple[float, str, os.stat_result]] = {}   # mount path -> (when, real, st)
         self._warned: set[str] = set()
@@ -137,6 +138,10 @@ class Namespace:
         self._leads[folder] = (now, found)
         return found
 
+    def shown_entries(self, folder: str) -> list[tuple[str, str]]:
+        """(name, real path) of what a SOURCE folder shows, sorted by name; OSError if unreadable."""
+        return self._visible_entries(folder)
+
     def _visible_entries(self, folder: str) -> list[tuple[str, str]]:
         """(name, real path) of the entries of a SOURCE folder that are shown."""
         try:
@@ -166,11 +171,19 @@ class Namespace:
 
     # -- sessions -----------------------------------------------------------
 
-    def session(self, real: str, identity=None, mount_path: str | None = None) -> Session:
+    def session(self, real: str, identity=None, mount_path: str | None = None, ahead: bool = False) -> Session:
         """The opened session at a real path; opened once, concurrent callers
         wait. When its folder or archive changed on disk (another inode or
         mtime), it is read again: as the next generation if it only grew, as
-        a different session if it was written anew (refresh.grew)."""
+        a different session if it was written anew (refresh.grew). `ahead`:
+        opened by the statahead, not for a request (statahead.py)."""
+        s = self._session(real, identity, mount_path, ahead)
+        if s.ahead and not ahead:          # a request opened it, or first used one opened ahead
+            s.ahead = False
+            self.on_used(real)
+        return s
+
+    def _session(self, real: str, identity, mount_path: str | None, ahead: bool) -> Session:
         identity = identity or session_identity(real)
         with self._lock:
             s = self._sessions.get(real)
@@ -193,7 +206,9 @@ class Namespace:
                 s = self._sessions.get(real)
             if s is None:
                 s = self._opener.open(real, self._display(real), identity)
-                log.debug("session opened: %s (%s)", s.shown_path, "ok" if s.ok else s.error)
+                s.ahead = True             # until a request uses it (then `session` says so)
+                log.debug("session opened%s: %s (%s)", " ahead" if ahead else "", s.shown_path,
+                          "ok" if s.ok else s.error)
                 self._store(real, s)
             s.last_used = time.monotonic()
             return s

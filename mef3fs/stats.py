@@ -20,6 +20,8 @@ COUNTERS = (
     "jobs", "windows", "windows_ahead", "pushes", "push_bytes",
     # folder listings handed to the kernel (one a folder while it keeps them)
     "listings",
+    # sessions opened by the statahead before a walk reached them (statahead.py)
+    "sessions_ahead",
 )
 
 

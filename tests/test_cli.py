@@ -283,7 +283,7 @@ def test_session_added_while_mounted_appears(mount_fs, tmp_path):
 
 
 def test_sessions_open_lazily(mount_fs, small_source):
-    m = mount_fs(small_source)
+    m = mount_fs(small_source, "--statahead", "0")      # test_statahead.py: what it opens ahead
     assert read_stats(m)["sessions_open"] == 0, "sessions opened at mount time"
     # ls and ls -l of the folders that hold sessions open none of them
     for d in (m.root, m.root / "sub"):
