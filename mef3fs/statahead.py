@@ -26,65 +26,64 @@ from .namespace import session_kind
 log = logging.getLogger("mef3fs.statahead")
 
 AHEAD = 2                  # sessions opened ahead of the one a request used last
-# threads opening them: a second one (to read one session while the other lays one out)
-# made a cold ls -lR of 100 sessions slower (4.9-5.7 s against 4.5-5.4 s with one): the
-# layout is Python, and the two only took the GIL from each other and from the walk
-THREADS = 1
 LOOK_FOLDERS = 64          # folders looked into for one prediction at most
 FOLDER_TTL = 2.0           # seconds a folder's sorted entries are reused for predictions
 MAX_FOLDERS = 1024
 
 
 class Statahead:
-    """Threads that open the sessions predicted after the last one a request used."""
+    """The thread that opens the sessions predicted after the last one a request used.
 
-    def __init__(self, namespace, stats=None, ahead: int = AHEAD, threads: int = THREADS):
+    One thread: a second one (to read one session while the other lays one
+    out) made a cold ls -lR of 100 sessions slower (4.9-5.7 s against 4.5-5.4 s):
+    the layout is Python, and the two only took the GIL from each other."""
+
+    def __init__(self, namespace, stats=None, ahead: int = AHEAD):
         self._ns = namespace
         self._stats = stats
         self.ahead = ahead
-        self._n = threads
         self._cursor: str | None = None        # the session a request used last (real path)
-        self._seen = 0                          # how many times a request moved the cursor
-        self._busy: set[str] = set()            # sessions a statahead thread is opening
-        self._expected: set[str] = set()        # the ones predicted after the cursor before it
+        self._moves = 0                         # how many times a request moved it
+        self._expected: set[str] = set()        # what was predicted after the one before
         self._wake = threading.Condition()
         self._stop = False
         self._folders: dict[str, tuple[float, list]] = {}
-        self._folders_lock = threading.Lock()
-        self._threads: list = []
+        self._thread = None
 
     def start(self) -> None:
         if self.ahead > 0:
-            self._threads = [threading.Thread(target=self._run, name=f"mef3fs-statahead-{k}", daemon=True)
-                             for k in range(self._n)]
-            for t in self._threads:
-                t.start()
+            self._thread = threading.Thread(target=self._run, name="mef3fs-statahead", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         with self._wake:
             self._stop = True
-            self._wake.notify_all()
-        for t in self._threads:
-            t.join(5.0)
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(5.0)
 
     def used(self, real: str) -> None:
         """A request opened this session, or used one opened ahead for the first time."""
-        if not self._threads:
+        if self._thread is None:
             return
         with self._wake:
             self._cursor = real
-            self._seen += 1
-            self._wake.notify_all()
+            self._moves += 1
+            self._wake.notify()
+
+    def _moved(self, since: int) -> bool:
+        with self._wake:
+            return self._moves != since or self._stop
 
     def _run(self) -> None:
         seen = 0
         while True:
             with self._wake:
-                while self._seen == seen and not self._stop:
+                while self._moves == seen and not self._stop:
                     self._wake.wait()
                 if self._stop:
                     return
-                seen, cursor = self._seen, self._cursor
+                seen, cursor = self._moves, self._cursor
             try:
                 self._open_after(cursor, seen)
             except Exception as exc:   # a prediction is only a guess: the walk's own request opens it
@@ -92,25 +91,16 @@ class Statahead:
 
     def _open_after(self, cursor: str, seen: int) -> None:
         upcoming = self.after(cursor, self.ahead)
-        with self._wake:
-            walking = cursor in self._expected
-            self._expected = set(upcoming)
+        walking, self._expected = cursor in self._expected, set(upcoming)
         if not walking:
             return                     # one session, or a jump: nothing to follow yet
         for real in upcoming:
-            with self._wake:
-                if self._seen != seen or self._stop:
-                    return             # the walk moved on: predict from where it is now
-                if real in self._busy or self._ns.open_session(real) is not None:
-                    continue
-                self._busy.add(real)
-            try:
+            if self._moved(seen):
+                return                 # the walk moved on: predict from where it is now
+            if self._ns.open_session(real) is None:
                 self._ns.session(real, ahead=True)
                 if self._stats is not None:
                     self._stats.add("sessions_ahead")
-            finally:
-                with self._wake:
-                    self._busy.discard(real)
 
     # -- what comes next ------------------------------------------------------
 
@@ -147,16 +137,14 @@ class Statahead:
 
     def _entries(self, folder: str) -> list:
         now = time.monotonic()
-        with self._folders_lock:
-            known = self._folders.get(folder)
+        known = self._folders.get(folder)
         if known is not None and now - known[0] < FOLDER_TTL:
             return known[1]
         try:
             entries = self._ns.shown_entries(folder)
         except OSError:
             entries = []
-        with self._folders_lock:
-            if len(self._folders) >= MAX_FOLDERS:
-                self._folders.clear()
-            self._folders[folder] = (now, entries)
+        if len(self._folders) >= MAX_FOLDERS:
+            self._folders.clear()
+        self._folders[folder] = (now, entries)
         return entries
