@@ -139,11 +139,8 @@ class Namespace:
         return found
 
     def shown_entries(self, folder: str) -> list[tuple[str, str]]:
-        """(name, real path) of what a SOURCE folder shows, sorted by name; OSError if unreadable."""
-        return self._visible_entries(folder)
-
-    def _visible_entries(self, folder: str) -> list[tuple[str, str]]:
-        """(name, real path) of the entries of a SOURCE folder that are shown."""
+        """(name, real path) of the entries of a SOURCE folder that are shown, sorted by
+        name (listings, and statahead.py's predictions); OSError if it cannot be read."""
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
@@ -411,7 +408,7 @@ class Namespace:
         if node.kind == "dir":
             if node.real == self.source:
                 out.append((STATS_FILE, Node("file", file=self._stats_file)))
-            for name, real in self._visible_entries(node.real):
+            for name, real in self.shown_entries(node.real):
                 if session_kind(real):
                     out.append((name, Node("sessiondir", real=real)))
                 elif os.path.isdir(real):
