@@ -176,9 +176,30 @@ class Overviews:
         self.add("the same, CPU time (reader + daemon) instead of wall time: fresh / listed",
                  f"{cf * 1e3:.0f} / {cl * 1e3:.0f} ms", f"{cd * 1e3:.0f} ms", cl / cd if cd else None,
                  max(dec), "", None, 0.0)
+        floor = self.floor_files(len(names), blocks // len(names))
+        self.R["envelope_floor_s"] = floor
+        self.add(f"floor: the same {len(names)} np.load through a minimal Python FUSE filesystem serving "
+                 f"files of the same size from memory (bench/floorfs.py); direct + floor",
+                 f"{floor * 1e3:.0f} ms; {(d + floor) * 1e3:.0f} ms", f"{d * 1e3:.0f} ms",
+                 (d + floor) / d, 0, "(the least a mount can take)", None, 0.0)
         p = min(self.R["preview_s"])
         self.add(f"preview.png, same recording, {len(names)} ch, fresh mount", f"{p * 1e3:.0f} ms", "",
                  None, 0, "instant", None, 0.0)
+
+    def floor_files(self, n: int, rows: int) -> float:
+        """Seconds for np.load of n NPY files of rows x 4 float64 through floorfs, best of the repeats."""
+        import floorfs
+        best = None
+        with floorfs.mounted(self.work, "--npy", f"{n}:{rows}") as mnt:
+            files = [f"f{k:03d}.npy" for k in range(n)]     # floorfs's names (it answers no listing)
+            for _ in range(self.a.repeats):
+                self.cold()
+                t = now()
+                got = sum(len(np.load(os.path.join(mnt, f))) for f in files)
+                dt = now() - t
+                assert got == n * rows, (got, n, rows)
+                best = dt if best is None else min(best, dt)
+        return best
 
     def cold_level(self, path: str) -> None:
         import mef3io
