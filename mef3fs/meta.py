@@ -30,7 +30,10 @@ def safe_names(names: list[str]) -> dict[str, str]:
     """Channel name -> file stem. Names that are fine stay as they are."""
     out, taken = {}, set()
     for name in names:
-        stem = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
+        if name.isprintable() and "/" not in name and "\\" not in name:
+            stem = name                     # nearly always: no Python step per character
+        else:
+            stem = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
         try:
             stem.encode("utf-8")
         except UnicodeEncodeError:

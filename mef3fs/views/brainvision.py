@@ -86,7 +86,7 @@ def sampling_interval(fs: float) -> float:
 
 def _field(text: str) -> str:
     """One comma-separated field of a BrainVision line: no control characters, commas as \\1."""
-    return "".join(c if c.isprintable() else "_" for c in text).replace(",", r"\1")
+    return _field_line(text).replace(",", r"\1")
 
 
 def channel_labels(names: list[str]) -> list[str]:
@@ -144,6 +144,8 @@ def header(meta, grid, stem: str, names: list[str]) -> bytes:
 
 
 def _field_line(text: str) -> str:
+    if text.isprintable():          # nearly always: one C call, not a Python step per character
+        return text
     return "".join(c if c.isprintable() else "_" for c in text)
 
 

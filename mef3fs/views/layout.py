@@ -31,10 +31,13 @@ class Layout:
         """Folder (relative path, '' for the session folder) -> sorted entry names."""
         out: dict = {"": set()}
         for rel in self.files:
-            parts = rel.split("/")
-            for depth in range(len(parts)):
-                folder = "/".join(parts[:depth])
-                out.setdefault(folder, set()).add(parts[depth])
+            while True:                 # up to the first folder already known
+                folder, _, name = rel.rpartition("/")
+                known = folder in out
+                out.setdefault(folder, set()).add(name)
+                if known or not folder:
+                    break
+                rel = folder
         return {folder: sorted(names) for folder, names in out.items()}
 
 
