@@ -55,6 +55,8 @@ _ANSWER = frozenset(("st_mode", "st_nlink", "st_size", "st_uid", "st_gid", "st_a
 _SHARED = operator.itemgetter("st_mode", "st_nlink", "st_uid", "st_gid", "st_atime", "st_mtime",
                               "st_ctime", "st_blksize")
 _NS = 10**9
+_TEMPLATES: dict = {}         # _SHARED(attrs) -> a struct stat with those fields, for every listing
+MAX_TEMPLATES = 4096
 
 
 def _c_stat(attrs: dict):
@@ -85,9 +87,12 @@ class Listing:
 
     def structs(self, fs: "FUSE") -> list:
         if self._structs is None:
-            # entries with the same owner, mode and times (a channel's files) differ
-            # only in size: a copy of the first one's struct (1 us against 4)
-            out, made = [], {}
+            # entries with the same owner, mode and times (a channel's files, in every
+            # folder of its session) differ only in size: a copy of the first one's
+            # struct (1 us against 4); size and blocks are set on every copy
+            out, made = [], _TEMPLATES
+            if len(made) > MAX_TEMPLATES:
+                made.clear()
             for name, attrs, file in self.entries:
                 st = None
                 if attrs is None:
