@@ -54,7 +54,7 @@ def fserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     kind: str                  # "dir" | "sessiondir" | "file"
     real: str = ""             # real folder (dir) or session path
