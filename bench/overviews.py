@@ -8,6 +8,9 @@ Rows, each the mount side by side with mef3io in the same run:
   envelope   64 ch x 6 h x 256 Hz (quick: 1 h): a fresh mount, page cache dropped,
              info.json then every overview/blocks/<ch>.npy, vs mef3io.Reader(path)
              .block_envelope(all channels); counters say it decoded nothing
+  floor      the same number of np.load of files of the same size through
+             bench/floorfs.py (a minimal Python FUSE filesystem, files in memory):
+             the least any mount pays for the files, whatever it serves
   preview    the same recording's preview.png through a fresh mount
   cold level 16 ch x 1 h x 1 kHz (set A of make_data.py; quick: 10 min): the coarsest
              min-max level through a fresh mount with the page cache dropped, vs

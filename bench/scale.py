@@ -6,7 +6,8 @@
 Rows, each side by side with direct mef3io in the same run:
   * `ls -lR` of 100 sessions x 64 channels, cold (fresh mount, page cache
     dropped) and warm, against opening every session with mef3io and calling
-    info() of every channel;
+    info() of every channel, and (warm) against `ls -lR` of a replica of the
+    mounted tree on the local disk: what `ls` itself costs here;
   * the first `ls -l` + info.json of one 64 ch recording of 6 min, 6 h and 24 h
     (256 Hz, 1 s blocks), against mef3io's open + info() and its full block
     index (block_envelope of every channel: what listing used to pay);
