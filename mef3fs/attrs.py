@@ -186,7 +186,12 @@ class Attributes:
     def _decoded(self, node, session) -> dict:
         walk = self._walk(session.path)
         rows = getattr(node.file, "rows", None) if node.kind == "file" else None
-        channels = tuple(sorted({t.channel for t in rows})) if rows else ()
+        if not rows:
+            channels = ()
+        elif len(rows) == 1:            # a channel's own file: most of a listing
+            channels = (rows[0].channel,)
+        else:
+            channels = tuple(sorted({t.channel for t in rows}))
         key = (getattr(session, "identity", ()), channels)
         known = walk.answers.get(key)
         if known is None:
