@@ -56,29 +56,32 @@ def work(repo: str, what: str, sessions: list[str], times: int) -> None:
             for path in sessions:
                 op.open(path, path, session_identity(path))
         return
+    # the daemon's own listing: opendir, readdir_entries, the structs readdir sends
+    import math
+    from mef3fs.engine import Engine
+    from mef3fs.fuseops import Mef3fsOperations
     source = os.path.commonpath(sessions)
     ns = Namespace(source, lambda p: p, opener(), StaticFile(b"{}"))
+    ops = Mef3fsOperations(ns, Engine("mef3io", "", 0, 64 << 20, math.inf), 0)     # never started
     shown = ["/" + os.path.relpath(p, source) for p in sessions]
     for s in shown:
         ns.lookup(s + "/info.json")
 
-    class FS:
+    class FS:                                          # what structs() asks of mfusepy's FUSE
         use_ns, encoding, errors = True, "utf-8", "surrogateescape"
 
-    def walk(path, attrs):
-        node = ns.lookup(path)
-        if node.kind == "sessiondir":
-            node.session = node.session or ns.session(node.real)
-        entries = ns.entries(node)
-        fuselib.Listing([(n, attrs.of(c), c.file) for n, c in entries]).structs(FS)
-        for name, child in entries:
-            if child.kind != "file":
-                walk(path.rstrip("/") + "/" + name, attrs)
+    def walk(path):
+        listing = ops.readdir_entries(path, ops.opendir(path))
+        listing.structs(FS)
+        for name, _, file in listing.entries:
+            if file is None and name not in (".", ".."):
+                walk(path + "/" + name)
     for _ in range(times):
         getattr(fuselib, "_TEMPLATES", {}).clear()     # other sessions, other times: no template of theirs
-        attrs = Attributes()
+        ops.attrs = Attributes()
         for s in shown:
-            walk(s, attrs)
+            ns.session(ns.lookup(s).real).listings.clear()     # a cold walk: nothing listed yet
+            walk(s)
 
 
 def count(repo: str, what: str, sessions: list[str], times: int) -> int:

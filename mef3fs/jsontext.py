@@ -36,7 +36,7 @@ def _default(value):
     return str(value)
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": "), default=_default)
+_text = json.encoder.encode_basestring          # a str as JSON, non-ASCII kept (UTF-8 files)
 
 
 def _c_compact():
@@ -45,15 +45,13 @@ def _c_compact():
     info.json is written value by value for every session listed. The same text."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return _encoder.encode
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": "),
+                                default=_default).encode
     # (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys, allow_nan)
-    chunks = make(None, _default, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
-    text = json.encoder.encode_basestring
+    chunks = make(None, _default, _text, None, ": ", ", ", False, False, False)
 
     def compact(value) -> str:
-        if isinstance(value, str):
-            return text(value)
-        return "".join(chunks(value, 0))
+        return _text(value) if isinstance(value, str) else "".join(chunks(value, 0))
     return compact
 
 
@@ -63,7 +61,7 @@ _compact = _c_compact()
 def _key(key) -> str:
     if not isinstance(key, str):       # json_bytes then writes it the careful way (clean)
         raise TypeError(f"a key that is not a string: {key!r}")
-    return json.encoder.encode_basestring(key)
+    return _text(key)
 
 
 def _lines(value, indent: str) -> str:

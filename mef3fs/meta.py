@@ -26,14 +26,20 @@ def rate_label(fs: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def printable(text: str, fill: str = "_", also: str = "") -> str:
+    """`text` with every character that is not printable, or is in `also`, as `fill`.
+    Nearly every name and line needs nothing: one C call then, not a Python step
+    per character (a BrainVision header has thousands)."""
+    if text.isprintable() and not (also and any(c in text for c in also)):
+        return text
+    return "".join(fill if not c.isprintable() or c in also else c for c in text)
+
+
 def safe_names(names: list[str]) -> dict[str, str]:
     """Channel name -> file stem. Names that are fine stay as they are."""
     out, taken = {}, set()
     for name in names:
-        if name.isprintable() and "/" not in name and "\\" not in name:
-            stem = name                     # nearly always: no Python step per character
-        else:
-            stem = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
+        stem = printable(name, also="/\\")
         try:
             stem.encode("utf-8")
         except UnicodeEncodeError:

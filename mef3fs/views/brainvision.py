@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import __version__
 from ..index import channel_gaps, sample_index
+from ..meta import printable
 from .files import GeneratedFile, SignalFile, StaticFile
 from .layout import Layout
 
@@ -86,7 +87,7 @@ def sampling_interval(fs: float) -> float:
 
 def _field(text: str) -> str:
     """One comma-separated field of a BrainVision line: no control characters, commas as \\1."""
-    return _field_line(text).replace(",", r"\1")
+    return printable(text).replace(",", r"\1")
 
 
 def channel_labels(names: list[str]) -> list[str]:
@@ -140,13 +141,7 @@ def header(meta, grid, stem: str, names: list[str]) -> bytes:
         f"has data as a Bad Interval '{BAD}'. Channels are in the order of info.json's grid channels:",
     ]
     lines += [f"  Ch{k}: {name}" for k, name in enumerate((c.name for c in grid.channels), 1)]
-    return ("\n".join(_field_line(x) for x in lines) + "\n").encode("utf-8")
-
-
-def _field_line(text: str) -> str:
-    if text.isprintable():          # nearly always: one C call, not a Python step per character
-        return text
-    return "".join(c if c.isprintable() else "_" for c in text)
+    return ("\n".join(printable(x) for x in lines) + "\n").encode("utf-8")
 
 
 # -- the markers --------------------------------------------------------------
@@ -204,7 +199,7 @@ def _description(rec: dict) -> str:
         text = text.decode("utf-8", "replace")
     kind = str(rec.get("type") or "Record")
     desc = f"{kind}: {text}" if text not in (None, "") else kind
-    return "".join(c if c.isprintable() else " " for c in desc).replace(",", r"\1").replace("=", ":")
+    return printable(desc, " ").replace(",", r"\1").replace("=", ":")
 
 
 def markers(meta, grid, stem: str, records: list) -> bytes:
@@ -225,7 +220,7 @@ def markers(meta, grid, stem: str, records: list) -> bytes:
     items.sort(key=lambda item: item[:2])
     lines = [
         "Brain Vision Data Exchange Marker File, Version 1.0",
-        f"; mef3fs {__version__}: markers of {_field_line(meta.shown_path)} at {grid.label} Hz",
+        f"; mef3fs {__version__}: markers of {printable(meta.shown_path)} at {grid.label} Hz",
         "[Common Infos]",
         "Codepage=UTF-8",
         f"DataFile={stem}.eeg",
