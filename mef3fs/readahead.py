@@ -25,6 +25,7 @@ MAX_STREAMS = 4
 MIN_WINDOW = 128 << 10        # bytes: the first stream window once a run is seen
 MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads ahead
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
+BATCHES = 4                   # a widest window is topped up a quarter at a time
 
 
 class _Stream:
@@ -74,6 +75,8 @@ class ReadAhead:
             stream.start, stream.end = min(stream.start, offset), min(stream.end, end)
             run = stream.origin[1] - stream.start
         self._forget_behind(stream)
+        if not self._due(stream):
+            return
         wanted = self._ctx.stream_wanted(offset, run, MIN_RUN)
         if not wanted:
             return
@@ -95,6 +98,25 @@ class ReadAhead:
             if s.direction <= 0 and (s.direction < 0 or offset < s.start) and s.start - tol <= end <= hi:
                 return s, -1
         return None, 0
+
+    def _due(self, s: _Stream) -> bool:
+        """Is there read-ahead to ask for? Not once it reaches the end of the file;
+        and a stream at its widest is topped up in batches, as the kernel's readahead
+        is: once the reader has used a quarter of the window since the last time.
+        Topping up after every read walked a read's worth of tiles the cache already
+        had (a re-read from the tile cache spent a third of its time there). Until
+        the run is known to be a scan (ctx.streaming), every read is looked at."""
+        if s.horizon is None or not self._ctx.streaming:
+            return True
+        if s.direction > 0:
+            if s.horizon >= self._file.size:
+                return False
+            gap = s.end + s.window - s.horizon
+        else:
+            if s.horizon <= 0:
+                return False
+            gap = s.horizon - (s.start - s.window)
+        return s.window < self._max or gap >= s.window // BATCHES
 
     def _schedule(self, s: _Stream, size: int) -> None:
         size = self._file.size

@@ -109,8 +109,9 @@ class TileCache:
         spans = tiles.spans(s0, s1)
         ready, waits, missing = [], [], []
         label = tiles.channel
-        counts = {"hits": 0, "misses": 0, "single_flight_waits": 0, "readahead_hits": 0, "tiles_used": 0}
+        hits = used = ahead = in_flight = 0
         base = tiles.key
+        cached, flights = self._tiles, self._flights
         with self._lock:
             now = time.monotonic()
             for i, a, b, data in spans:
@@ -118,28 +119,28 @@ class TileCache:
                     ready.append((a, b, None))
                     continue
                 key = base + (i,)
-                e = self._tiles.get(key)
+                e = cached.get(key)
                 if e is not None:
                     e.used_at = now
-                    self._tiles.move_to_end(key)
-                    counts["hits"] += 1
+                    cached.move_to_end(key)
+                    hits += 1
                     how = "hit"
                     if not e.used:
                         e.used = True
-                        counts["tiles_used"] += 1
+                        used += 1
                         if e.prefetched:
                             self._readahead_bytes -= e.arr.nbytes
-                            counts["readahead_hits"] += 1
+                            ahead += 1
                             how = "readahead"
                     ready.append((a, b, e.arr))
                     if rec is not None:
                         rec.tile(label, i, a, b, how)
                     continue
-                f = self._flights.get(key)
+                f = flights.get(key)
                 if f is not None:
-                    counts["single_flight_waits"] += 1
+                    in_flight += 1
                     if f.background:
-                        counts["readahead_hits"] += 1
+                        ahead += 1
                         f.background = False
                         self._readahead_bytes -= f.nbytes
                         if f.ticket is not None and self._pool is not None:
@@ -149,7 +150,6 @@ class TileCache:
                     if rec is not None:
                         rec.tile(label, i, a, b, "inflight")
                     continue
-                counts["misses"] += 1
                 missing.append((i, a, b))
                 if rec is not None:
                     rec.tile(label, i, a, b, "decoded")
@@ -159,7 +159,11 @@ class TileCache:
                     waits.append((a, b, f, f.ticket))
                     if f.ticket.here:
                         here.append(f.ticket)
-        self._stats.add_many(counts)
+        if used or missing or in_flight or ahead:
+            self._stats.add_many({"hits": hits, "misses": len(missing), "single_flight_waits": in_flight,
+                                  "readahead_hits": ahead, "tiles_used": used})
+        elif hits:
+            self._stats.add("hits", hits)
         t = time.monotonic() if rec is not None else 0.0
         for a, b, arr in ready:
             lo, hi = max(a, s0), min(b, s1)

@@ -13,6 +13,7 @@ so bytes never depend on the metadata being right.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,10 +168,16 @@ class TileTable:
     blocks: int = 0
     digest: bytes = b""                   # of the blocks it was made from (index.read_blocks)
 
+    def __post_init__(self):
+        # The read path looks up every request here: bisect and tolist over a
+        # memoryview cost half of numpy's searchsorted and slicing per call.
+        object.__setattr__(self, "edge_view", memoryview(np.ascontiguousarray(self.edges)))
+        object.__setattr__(self, "data_view", memoryview(np.ascontiguousarray(self.has_data)))
+
     @property
     def nbytes(self) -> int:
         return (self.edges.nbytes + self.has_data.nbytes + self.lo.nbytes + self.hi.nbytes
-                + self.gaps.nbytes + 200)
+                + self.gaps.nbytes + 600)
 
 
 def piece_starts(t0: int, fs: float, n: int, segments) -> np.ndarray:
@@ -196,7 +203,7 @@ class ChannelTiles:
     """
 
     __slots__ = ("key", "session_path", "channel", "label", "t0", "fs", "n", "identity",
-                 "target", "starts", "serials", "_piece_of", "_load", "report")
+                 "target", "starts", "serials", "_piece_of", "_load", "report", "_starts")
 
     def __init__(self, key: tuple, session_path: str, channel: str, label: str, t0: int, fs: float,
                  n: int, identity: tuple = (), target: int = 1, starts=None, load=None, serials=None):
@@ -209,6 +216,7 @@ class ChannelTiles:
         self.target = target              # samples per tile, about
         self.starts = np.zeros(1, dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
         self.serials = list(range(len(self.starts))) if serials is None else list(serials)
+        self._starts = self.starts.tolist()
         self._piece_of = {serial: p for p, serial in enumerate(self.serials)}
         self._load = load
         self.report = None                # report(damage dict): a range found unreadable
@@ -249,26 +257,26 @@ class ChannelTiles:
     def spans(self, s0: int, s1: int) -> list[tuple[int, int, int, bool]]:
         """(tile id, first sample, end sample, has data) of the tiles covering [s0, s1),
         in grid order: what the read path asks of every request, with one look at each
-        piece's table (numpy's searchsorted function costs 2.4x the method)."""
+        piece's table."""
         s0, s1 = max(s0, 0), min(s1, self.n)
         if s1 <= s0:
             return []
-        starts = self.starts
-        p0 = int(starts.searchsorted(s0, side="right")) - 1 if len(starts) > 1 else 0
+        starts = self._starts
+        p0 = bisect_right(starts, s0) - 1 if len(starts) > 1 else 0
         out = []
         for p in range(p0, len(starts)):
             if p > p0 and starts[p] >= s1:
                 break
             table = self._load(self, p)
-            edges = table.edges
-            first = max(int(edges.searchsorted(s0, side="right")) - 1, 0)
-            last = min(int(edges.searchsorted(s1, side="left")), len(edges) - 1)
+            edges = table.edge_view
+            first = max(bisect_right(edges, s0) - 1, 0)
+            last = min(bisect_left(edges, s1), len(edges) - 1)
             if last <= first:
                 continue
             base = self.serials[p] << PIECE_SHIFT
             bounds = edges[first:last + 1].tolist()
-            data = table.has_data[first:last].tolist()
-            out.extend((base + j, bounds[k], bounds[k + 1], data[k]) for k, j in enumerate(range(first, last)))
+            out.extend(zip(range(base + first, base + last), bounds, bounds[1:],
+                           table.data_view[first:last].tolist()))
         return out
 
     def bounds(self, i: int) -> tuple[int, int]:

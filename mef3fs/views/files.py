@@ -222,9 +222,11 @@ class SignalFile(File):
         pos = copy_header(self.header, offset, end, dest)
         for r, s0, s1, a, b in self.pieces(offset, end):
             skip = a - s0 * SAMPLE
-            if skip == 0 and (b - a) % SAMPLE == 0 and (dest.ctypes.data + pos) % SAMPLE == 0:
-                # aligned: tiles are copied straight into the kernel's buffer
-                cache.samples(self.rows[r], s0, s1, dest[pos:pos + (b - a)].view("<f4"))
+            whole = skip == 0 and (b - a) % SAMPLE == 0
+            into = dest[pos:pos + (b - a)].view("<f4") if whole else None
+            if whole and into.flags.aligned:
+                # tiles are copied straight into the kernel's buffer
+                cache.samples(self.rows[r], s0, s1, into)
             else:
                 samples = np.empty(s1 - s0, dtype="<f4")
                 cache.samples(self.rows[r], s0, s1, samples)
@@ -237,7 +239,8 @@ class SignalFile(File):
         for r, s0, s1, a, _ in self.pieces(lo, hi):
             row = self.rows[r]
             base = len(self.header) + r * self.row_bytes
-            for i in row.tiles_for(s0, s1):
-                token = cache.prefetch(row, i)
-                if token is not None:
-                    yield base + SAMPLE * row.bounds(i)[0], token
+            for i, first, _, data in row.spans(s0, s1):     # a gap has nothing to decode
+                if data:
+                    token = cache.prefetch(row, i)
+                    if token is not None:
+                        yield base + SAMPLE * first, token
