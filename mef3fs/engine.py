@@ -20,7 +20,8 @@ import time
 from . import summaries
 from .decoders import make_decoder, return_big_buffers_to_the_os
 from .pagecache import PageCache
-from .pool import AHEAD, WINDOW, ProcessPool, ThreadPool
+from .pool import AHEAD, WINDOW, ThreadPool
+from .procpool import ProcessPool
 from .windows import WINDOW_SECONDS, group_of
 from .stats import Stats
 from .tilecache import TileCache

@@ -2,8 +2,8 @@
 
 Shared by every session: one byte budget, LRU eviction, idle expiry, and
 single-flight (two readers of one missing tile cause one decode). Missing
-tiles are decoded in jobs (decoders.Job): consecutive tiles of a channel,
-and the same tiles of several channels of one rate, go to a worker as one
+tiles are decoded in jobs (jobs.py): consecutive tiles of a channel, and
+the same tiles of several channels of one rate, go to a worker as one
 call, which costs less per tile and crosses to the daemon once. Read-ahead
 (windows.py, readahead.py) asks for tiles through `want`; it may hold at most half the
 budget (in flight or decoded and not yet read), so it never evicts what
@@ -24,13 +24,12 @@ from concurrent.futures import CancelledError
 
 import numpy as np
 
+from . import jobs
 from .decoders import DecodeError, Job
 from .pool import AHEAD, FOREGROUND, Ticket
 from .tiles import grid_time
 
 log = logging.getLogger("mef3fs.cache")
-
-MAX_JOB_SAMPLES = 80_000      # per job: ~10 ms of decoding on one core, under 1 MB to carry
 
 
 class _Entry:
@@ -307,7 +306,7 @@ class TileCache:
         """Lock held: jobs for these tiles, [(tiles, [(i, a, b), ...]), ...] (one or more
         channels); registers a flight per tile. -> [(flight, a, b)]"""
         background = prio != FOREGROUND
-        groups = self._plan(rows, background)
+        groups = jobs.plan(rows, background, self._workers)
         out = []
         for job, members in groups:
             ticket = self._submit(job, prio, members)
@@ -338,37 +337,6 @@ class TileCache:
             t.here, t.jid = True, -id(t)
             return t
         return self._pool.submit(job, prio, here_ok=prio == FOREGROUND)
-
-    def _plan(self, rows, background: bool) -> list:
-        """Jobs for the tiles of these channels: runs of consecutive tiles with exact grid
-        windows, the same run of several channels together, at most MAX_JOB_SAMPLES each,
-        and a waiting read spread over every worker. -> [(job, [(tiles, i, a, b), ...])]"""
-        groups: dict = {}
-        for tiles, runs in rows:
-            for run in _runs(tiles, sorted(runs), MAX_JOB_SAMPLES):
-                first, last = run[0], run[-1]
-                spec = tiles.spec(first[0]) if len(run) == 1 else None
-                if spec is not None:
-                    ts, te = spec.ts, spec.te
-                else:
-                    ts, te = grid_time(tiles.t0, tiles.fs, first[1]), grid_time(tiles.t0, tiles.fs, last[2])
-                cuts = tuple(a - first[1] for _, a, _ in run) + (last[2] - first[1],)
-                sig = (tiles.session_path, tiles.identity, tiles.t0, tiles.fs, ts, te, first[1], cuts)
-                groups.setdefault(sig, []).append((tiles, run))
-        jobs_wanted = max(len(groups), self._workers)      # one for every worker at least
-        out = []
-        for (path, identity, t0, fs, ts, te, first, cuts), members in groups.items():
-            n = cuts[-1]
-            by_size = MAX_JOB_SAMPLES // max(n, 1)                        # channels in a job
-            by_spread = -(-len(members) * len(groups) // jobs_wanted)     # ... so the work spreads
-            per = max(1, min(by_size, by_spread))
-            for k in range(0, len(members), per):
-                chunk = members[k:k + per]
-                job = Job(path, tuple(t.channel for t, _ in chunk), ts, te, n, t0, fs, first, cuts, identity)
-                out.append((job, [(t, i, a, b) for t, run in chunk for i, a, b in run]))
-        if not background and len(out) < self._workers:
-            out = _split_long(out, self._workers)
-        return out
 
     def _run_here(self, ticket: Ticket) -> None:
         """Decode a job in the caller's thread (small tiles, or every worker busy)."""
@@ -474,46 +442,3 @@ class TileCache:
             leaving, self._leaving = self._leaving, []
         self._hand_over(leaving)
 
-
-def _runs(tiles, items, limit: int):
-    """Split sorted (i, a, b) into runs of adjacent tiles whose windows are their exact
-    grid windows (so one window decodes them all), each at most `limit` samples."""
-    run = []
-    for i, a, b in items:
-        exact = _exact(tiles, i, a, b)
-        if run and exact and run[-1][2] == a and run[-1][3] and b - run[0][1] <= limit:
-            run.append((i, a, b, True))
-            continue
-        if run:
-            yield [(x, y, z) for x, y, z, _ in run]
-        run = [(i, a, b, exact)]
-    if run:
-        yield [(x, y, z) for x, y, z, _ in run]
-
-
-def _exact(tiles, i: int, a: int, b: int) -> bool:
-    spec = tiles.spec(i)
-    return spec.ts == grid_time(tiles.t0, tiles.fs, a) and spec.te == grid_time(tiles.t0, tiles.fs, b)
-
-
-def _split_long(jobs: list, parts: int) -> list:
-    """A waiting read of many tiles of one channel: cut its runs so every worker takes a part."""
-    out = []
-    for job, members in jobs:
-        k = min(parts, len(members)) if len(job.channels) == 1 else 1
-        if k <= 1:
-            out.append((job, members))
-            continue
-        size = -(-len(members) // k)
-        for j in range(0, len(members), size):
-            part = members[j:j + size]
-            tiles0, _, a0, _ = part[0]
-            b1 = part[-1][3]
-            cuts = tuple(a - a0 for _, _, a, _ in part) + (b1 - a0,)
-            if len(part) == len(members):
-                ts, te = job.ts, job.te
-            else:
-                ts, te = grid_time(job.t0, job.fs, a0), grid_time(job.t0, job.fs, b1)
-            out.append((Job(job.session_path, job.channels, ts, te, b1 - a0, job.t0, job.fs, a0, cuts,
-                            job.identity), part))
-    return out

@@ -1,6 +1,6 @@
 """A decoder worker process: `python -m mef3fs.worker FD PARENT_PID`.
 
-Started by pool.ProcessPool with one end of a socket pair as FD. It is a
+Started by procpool.ProcessPool with one end of a socket pair as FD. It is a
 plain subprocess, not multiprocessing: nothing else (no resource tracker, no
 re-import of the daemon's __main__) is started, and the daemon reaps what it
 started. The first message names the decoder and the password (never on the
