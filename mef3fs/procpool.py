@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -65,29 +64,6 @@ class _Proc:
     def send(self, msg) -> None:
         with self.send_lock:
             self.conn.send(msg)
-
-    def recv_samples(self) -> np.ndarray:
-        """The next message, a tile's float32 samples, read straight into its array.
-        Connection.recv_bytes gathers the chunks in a BytesIO and copies them out:
-        that held the GIL for a third of the daemon's time in a cold scan."""
-        size, = struct.unpack("!i", self._exactly(bytearray(4)))
-        if size == -1:                          # Connection's header of a message over 2 GiB
-            size, = struct.unpack("!Q", self._exactly(bytearray(8)))
-        if size % 4:
-            raise ValueError(f"a tile of {size} bytes is not float32 samples")
-        arr = np.empty(size // 4, dtype=np.float32)
-        self._exactly(memoryview(arr).cast("B"))
-        return arr
-
-    def _exactly(self, buf):
-        view = memoryview(buf)
-        got = 0
-        while got < len(view):
-            n = self.sock.recv_into(view[got:])
-            if not n:
-                raise EOFError
-            got += n
-        return buf
 
     def shut(self) -> None:
         """Wake everything blocked on this socket, here and in the worker (EOF)."""
@@ -181,7 +157,8 @@ class ProcessPool(Pool):
                 p.send(("job", t.jid, t.job))
                 reply = p.conn.recv()
                 if reply[0] == "ok":
-                    tiles = [DecodeError(x) if isinstance(x, str) else p.recv_samples() for x in reply[4]]
+                    tiles = [DecodeError(x) if isinstance(x, str) else
+                             np.frombuffer(p.conn.recv_bytes(), dtype=np.float32) for x in reply[4]]
             except (EOFError, OSError, ValueError) as exc:
                 t.worker = None
                 if self._closed:
