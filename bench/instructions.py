@@ -56,12 +56,21 @@ def work(repo: str, what: str, sessions: list[str], times: int) -> None:
     from mef3fs.views.files import StaticFile
     import mef3fs.fuselib as fuselib
 
-    if what == "read":
-        _read(sessions[0], times)
+    import math
+    from mef3fs.engine import Engine
+    from mef3fs.fuseops import Mef3fsOperations
     readers = MetaReaders("", 1 << 30)
 
     def opener():
         return Opener("", 10, readers, IndexCache(readers, 64 << 20, Stats()), no_password="", scratch="/tmp")
+
+    def operations(source: str, engine, readahead: int = 0):
+        return Mef3fsOperations(Namespace(source, lambda p: p, opener(), StaticFile(b"{}")), engine, readahead)
+    if what == "read":
+        engine = Engine("mef3io", "", 0, 1 << 30, math.inf)
+        ops = operations(os.path.dirname(sessions[0]), engine, 64 << 20)      # --readahead's default
+        engine.start()
+        _read(ops, "/" + os.path.basename(sessions[0]), times)
     if what == "layout":
         for path in sessions:
             readers.get(path, session_identity(path))
@@ -71,12 +80,9 @@ def work(repo: str, what: str, sessions: list[str], times: int) -> None:
                 op.open(path, path, session_identity(path))
         return
     # the daemon's own listing: opendir, readdir_entries, the structs readdir sends
-    import math
-    from mef3fs.engine import Engine
-    from mef3fs.fuseops import Mef3fsOperations
     source = os.path.commonpath(sessions)
-    ns = Namespace(source, lambda p: p, opener(), StaticFile(b"{}"))
-    ops = Mef3fsOperations(ns, Engine("mef3io", "", 0, 64 << 20, math.inf), 0)     # never started
+    ops = operations(source, Engine("mef3io", "", 0, 64 << 20, math.inf))     # never started
+    ns = ops.ns
     shown = ["/" + os.path.relpath(p, source) for p in sessions]
     for s in shown:
         ns.lookup(s + "/info.json")
@@ -98,25 +104,9 @@ def work(repo: str, what: str, sessions: list[str], times: int) -> None:
             walk(s)
 
 
-def _read(session: str, times: int) -> None:
+def _read(ops, folder: str, times: int) -> None:
     """`times` passes over a channel file whose tiles were all decoded by a first pass."""
-    import math
-
     import numpy as np
-    from mef3fs.engine import Engine
-    from mef3fs.fuseops import Mef3fsOperations
-    from mef3fs.index import IndexCache, MetaReaders
-    from mef3fs.namespace import Namespace
-    from mef3fs.session import Opener
-    from mef3fs.stats import Stats
-    from mef3fs.views.files import StaticFile
-    readers = MetaReaders("", 1 << 30)
-    opener = Opener("", 10, readers, IndexCache(readers, 64 << 20, Stats()), no_password="", scratch="/tmp")
-    ns = Namespace(os.path.dirname(session), lambda p: p, opener, StaticFile(b"{}"))
-    engine = Engine("mef3io", "", 0, 1 << 30, math.inf)
-    ops = Mef3fsOperations(ns, engine, 64 << 20)
-    engine.start()
-    folder = "/" + os.path.basename(session)
     path = folder + "/" + sorted(n for n in ops.readdir_entries(folder, ops.opendir(folder)).names()
                                  if n.endswith(".f32"))[0]
 

@@ -99,6 +99,16 @@ class ReadAhead:
                 return s, -1
         return None, 0
 
+    @staticmethod
+    def _unasked(s: _Stream) -> tuple[int, int]:
+        """Bytes [lo, hi) the stream's window covers and read-ahead has not asked for,
+        before the file's ends clip them."""
+        if s.direction > 0:
+            lo = s.end if s.horizon is None else max(s.end, s.horizon)
+            return lo, s.end + s.window
+        hi = s.start if s.horizon is None else min(s.start, s.horizon)
+        return s.start - s.window, hi
+
     def _due(self, s: _Stream) -> bool:
         """Is there read-ahead to ask for? Not once it reaches the end of the file;
         and a stream at its widest is topped up in batches, as the kernel's readahead
@@ -108,29 +118,21 @@ class ReadAhead:
         the run is known to be a scan (ctx.streaming), every read is looked at."""
         if s.horizon is None or not self._ctx.streaming:
             return True
-        if s.direction > 0:
-            if s.horizon >= self._file.size:
-                return False
-            gap = s.end + s.window - s.horizon
-        else:
-            if s.horizon <= 0:
-                return False
-            gap = s.horizon - (s.start - s.window)
-        return s.window < self._max or gap >= s.window // BATCHES
+        at_end = s.horizon >= self._file.size if s.direction > 0 else s.horizon <= 0
+        if at_end:
+            return False
+        lo, hi = self._unasked(s)
+        return s.window < self._max or hi - lo >= s.window // BATCHES
 
     def _schedule(self, s: _Stream, size: int) -> None:
         size = self._file.size
+        lo, hi = self._unasked(s)
+        lo, hi = max(0, lo), min(size, hi)
+        if hi <= lo:
+            return
         if s.direction > 0:
-            lo = max(s.end, s.horizon if s.horizon is not None else s.end)
-            hi = min(size, s.end + s.window)
-            if hi <= lo:
-                return
             s.horizon = hi
         else:
-            hi = min(s.start, s.horizon if s.horizon is not None else s.start)
-            lo = max(0, s.start - s.window)
-            if hi <= lo:
-                return
             s.horizon = lo
         got = self._ctx.prefetch_range(self._file, lo, hi)
         for offset, token in got:
