@@ -325,8 +325,8 @@ class TileCache:
                 # would keep the job's tiles alive until the garbage collector came by
                 ticket.future.add_done_callback(lambda fut, jid=ticket.jid: self._landed(jid, fut))
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("decode %s: %s x [%d, %d) in %d tile(s), lane %d%s", job.session_path,
-                          ",".join(job.channels), job.first, job.first + job.n, job.tiles, prio,
+                log.debug("decode %s: %s x [%d, %d) in %d tile(s), lane %d, job %d%s", job.session_path,
+                          ",".join(job.channels), job.first, job.first + job.n, job.tiles, prio, ticket.jid,
                           " (here)" if ticket.here else "")
         return out
 
@@ -361,6 +361,15 @@ class TileCache:
             if flights is None:
                 return
             result = None if fut.cancelled() else (fut.exception() or fut.result())
+            if log.isEnabledFor(logging.DEBUG) and flights and flights[0].ticket is not None:
+                t = flights[0].ticket
+                if fut.cancelled():
+                    log.debug("job %d cancelled (%d tile(s), lane %d)", jid, len(flights), t.prio)
+                else:
+                    done = t.t_done or time.monotonic()         # 0: it failed
+                    log.debug("job %d landed (%d tile(s), lane %d): queued %.1f ms, decoding %.1f ms, "
+                              "back %.1f ms", jid, len(flights), t.prio, 1e3 * (t.t_start - t.t_submit),
+                              1e3 * (done - t.t_start), 1e3 * (time.monotonic() - done))
             decoded = 0
             for f in flights:
                 if self._flights.get(f.key) is f:
