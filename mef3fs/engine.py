@@ -262,14 +262,16 @@ class ReadContext:
 
     def samples(self, tiles, s0: int, s1: int, out) -> None:
         engine = self.engine
-        if engine.readahead and self.samples_file:
-            group = group_of(tiles)
-            if group is not None:
-                if self.streaming:
-                    group.scanned(tiles)        # a scan: no window to fan out
-                else:
-                    group.before_read(engine, self, tiles, s0, s1)
+        group = group_of(tiles) if engine.readahead and self.samples_file else None
+        if group is not None:
+            if self.streaming:
+                group.scanned(tiles)            # a scan: no window to fan out
+                group = None
+            else:
+                group.before_read(engine, self, tiles, s0, s1)
         self.cache.samples(tiles, s0, s1, out, engine.tls.rec if engine.trace is not None else None)
+        if group is not None:
+            group.after_read(tiles)
 
     def prefetch(self, tiles, i: int):
         """The views' per-tile call while a stream walks a byte range (see prefetch_range)."""

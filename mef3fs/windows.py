@@ -68,6 +68,7 @@ class InStep:
         self._grown = True                    # the window is still being learned (its first)
         self._t = 0.0                         # last activity in the current window
         self._last_end = -1                   # where the lead's last read ended
+        self._lead_back = 0.0                 # when the lead's last read returned
         self._run_start = -1                  # where the lead's run of back-to-back reads began
         self._width = 0                       # samples: a window's length, once known
         self._direction = 0
@@ -116,6 +117,11 @@ class InStep:
             # once the page being read is read, unless followers wait for their part
             urgent = any(prio == WINDOW and push for _, _, _, prio, push, _, _ in plan)
             engine.plan(lambda: self._carry_out(engine, ctx, tiles, plan, cancel, now), defer=not urgent)
+
+    def after_read(self, tiles) -> None:
+        """A read of `tiles` returned (its copy goes on from the page cache)."""
+        if tiles.key == self._lead:
+            self._lead_back = time.monotonic()
 
     def _carry_out(self, engine, ctx, tiles, plan, cancel, now: float) -> None:
         for tokens in cancel:
@@ -173,7 +179,8 @@ class InStep:
             self._last_end = -1                # the lead's next read does not continue its last
             return [], []                      # a follower: it reads what the lead opened
         page = max(size, PAGE_SAMPLES)
-        contiguous = abs(s0 - self._last_end) <= page
+        prev_end = self._last_end
+        contiguous = abs(s0 - prev_end) <= page
         if not contiguous:
             self._run_start = s0
         self._last_end = s1
@@ -182,6 +189,18 @@ class InStep:
         # but its first pages and its last (see below), which a copy reads last.
         if a <= s0 < b or (s0 < a and contiguous):
             return [], []                      # more of the lead's own window
+        if b <= s0 < b + page and a < prev_end <= b and now - self._lead_back < GUESS_AFTER:
+            # The lead's copy goes on past the width learned, right after its last read
+            # (the pages between were put into its page cache): n samples span n / 1024
+            # pages rounded up, or one page more, with where they start. The same
+            # window, a page wider, not a step: its last page for everyone.
+            self._win = (a, s1)
+            self._width = max(self._width, s1 - a)
+            rows = self._together(now)
+            if len(rows) < 2:
+                return [], []
+            return [(b, min(n, s1), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1),
+                     None)], []
         if contiguous and self._run_start <= a + page and b <= s0 < b + page:
             # the lead read all of the window we thought it had, and reads on: it is
             # wider; twice as wide, decoded for the others too
