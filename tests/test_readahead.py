@@ -190,6 +190,30 @@ def test_scan_uses_what_was_read_ahead(mount_fs, long_source):
     assert dd["readahead_hits"] >= 0.9 * done, f"read ahead {done}, used {dd['readahead_hits']}: {dd}"
 
 
+def test_a_run_reads_ahead_no_more_than_twice_what_it_read(mount_fs, long_source):
+    """One 4 s window of one channel through np.memmap: 512 KiB of page faults, one
+    FUSE read each. A stream reads ahead once the run passes 256 KiB, doubling its
+    window, but never ahead by more than twice what the run has read: a window
+    doubled at every fault went to the end of the file (here 56 s of tiles)."""
+    m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    a, n = 20 * TILE, 4 * TILE
+    mm = np.memmap(d / "k1.f32", dtype="<f4", mode="r")
+    try:
+        before = read_stats(m)
+        got = np.array(mm[a:a + n])
+        after = settle(m)
+    finally:
+        del mm
+    np.testing.assert_array_equal(got.view(np.uint32), reference(session, "k1")[a:a + n].view(np.uint32))
+    dd = delta(after, before, *KEYS)
+    ahead = dd["readahead_scheduled"]
+    # read ahead: the tiles of the run it went on to read (4 at most), twice the run
+    # past its end (8), and the tile the last page fault was in
+    assert 0 < ahead <= 4 + 2 * 4 + 1, dd
+
+
 # ---------------------------------------------------------------------------
 # paging: the next window of every channel, and a jump back
 # ---------------------------------------------------------------------------
