@@ -82,7 +82,7 @@ class Namespace:
         self.on_changed = lambda mount_paths: None  # the kernel's caches of these must be dropped
         self.on_used = lambda real: None     # a request opened a session, or first used one opened ahead
         self._leads: dict[str, tuple[float, bool]] = {}
-        self._walks: dict[str, tuple[float, str, os.stat_result]] = {}   # mount path -> (when, real, st)
+        self._walks: dict[str, tuple[float, str]] = {}   # mount path -> (when, real)
         self._warned: set[str] = set()
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -340,8 +340,11 @@ class Namespace:
             return self._in_session(self.source, parts, "")
         walked = self._walked(parts)
         if walked is not None:
-            real, st, i = walked
-            return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]), st)
+            # the folders above it are taken as walked; the session's own folder is
+            # looked at again (one stat): removed, renamed or replaced a moment ago, it
+            # must not be served on
+            real, i = walked
+            return self._in_session(real, parts[i + 1:], "/" + "/".join(parts[:i + 1]))
         folder = self.source
         for i, name in enumerate(parts):
             real = self._child(folder, name)
@@ -358,7 +361,7 @@ class Namespace:
                 mount_path = "/" + "/".join(parts[:i + 1])
                 if len(self._walks) >= MAX_WALKS:
                     self._walks.clear()
-                self._walks[mount_path] = (time.monotonic(), real, st)
+                self._walks[mount_path] = (time.monotonic(), real)
                 return self._in_session(real, parts[i + 1:], mount_path, st)
             if not self._shown(real, st):
                 raise fserror(errno.ENOENT)
@@ -370,7 +373,7 @@ class Namespace:
         return Node("dir", real=folder)
 
     def _walked(self, parts: list[str]):
-        """(real session path, its stat, index of its part) when a lookup walked SOURCE
+        """(real session path, index of its part) when a lookup walked SOURCE
         to this session moments ago: every file opened in a session folder is
         looked up twice (the kernel's lookup, then open), and a viewer opens a
         session's files one after another. Staler than the kernel's own cache
@@ -380,8 +383,8 @@ class Namespace:
             key += "/" + name
             got = self._walks.get(key)
             if got is not None:
-                when, real, st = got
-                return (real, st, i) if time.monotonic() - when < WALK_TTL else None
+                when, real = got
+                return (real, i) if time.monotonic() - when < WALK_TTL else None
         return None
 
     def _in_session(self, real: str, parts: list[str], mount_path: str, st=None) -> Node:
