@@ -62,7 +62,7 @@ def work(repo: str, what: str, sessions: list[str], times: int) -> None:
     readers = MetaReaders("", 1 << 30)
 
     def opener():
-        return Opener("", 10, readers, IndexCache(readers, 64 << 20, Stats()), no_password="", scratch="/tmp")
+        return Opener("", None, readers, IndexCache(readers, 64 << 20, Stats()), no_password="", scratch="/tmp")
 
     def operations(source: str, engine, readahead: int = 0):
         return Mef3fsOperations(Namespace(source, lambda p: p, opener(), StaticFile(b"{}")), engine, readahead)

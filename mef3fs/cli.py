@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password", help="password for encrypted sessions (visible in ps: "
                     "prefer --password-file)")
     pw.add_argument("--password-file", metavar="FILE", help="read the password from FILE's first line")
-    p.add_argument("--tile-seconds", type=_positive_float, default=10.0,
-                   help="target tile length in seconds (default 10: one mef3io block)")
+    p.add_argument("--tile-seconds", type=_positive_float, default=None,
+                   help="target tile length in seconds (default 10, or 50,000 samples if fewer; at "
+                   "least one MEF block)")
     p.add_argument("--cache-size", type=parse_size, default=parse_size("512M"),
                    metavar="SIZE", help="tile cache budget, e.g. 512M (default)")
     p.add_argument("--index-size", type=parse_size, default=None, metavar="SIZE",

@@ -148,7 +148,10 @@ def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.nd
     a, b = tiles.piece_range(piece)
     fs, t0 = tiles.fs, tiles.t0
     lengths = np.rint((ends - starts) * fs / 1e6).astype(np.int64)
-    edges, has_data = tile_edges(b, t0, fs, starts, lengths, tiles.target, first=a)
+    target = tiles.target
+    if tiles.whole_blocks and len(lengths):
+        target = max(target, int(np.median(lengths)))
+    edges, has_data = tile_edges(b, t0, fs, starts, lengths, target, first=a)
     lo, hi = tile_windows(edges, has_data, t0, fs, starts)
     step = 1e6 / fs
     block_end = starts + lengths * step

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from .tiles import ChannelTiles, grid_length, piece_starts
+from .tiles import ChannelTiles, grid_length, piece_starts, tile_target
 from .jsontext import clean
 
 MAX_NAME_BYTES = 240          # room for ".f32"/".npy" under the 255-byte limit
@@ -183,7 +183,7 @@ def _serials(old: ChannelTiles | None, old_segments, starts, n: int, segments) -
 
 
 def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tuple, password: str,
-              tile_seconds: float, index, inside=lambda real: True, previous=None,
+              tile_seconds: float | None, index, inside=lambda real: True, previous=None,
               no_password: str = "no password was given", report=None, open_path: str | None = None,
               denied=()) -> SessionMeta:
     """Metadata of an opened mef3io reader; `index` loads tile tables later (IndexCache).
@@ -234,9 +234,10 @@ def read_meta(reader, path: str, shown_path: str, keyspace: tuple, identity: tup
         old = before.get(name)
         serials = _serials(old.tiles, old.segments, starts, n, segments[name]) \
             if old is not None and old.fs == fs else None
+        target, whole_blocks = tile_target(tile_seconds, fs)
         tiles = ChannelTiles((path, keyspace, name), open_path, name, f"{shown_path}/{name}", t0, fs, n,
-                             identity, target=max(1, round(tile_seconds * fs)), starts=starts,
-                             load=index, serials=serials)
+                             identity, target=target, starts=starts, load=index, serials=serials,
+                             whole_blocks=whole_blocks)
         tiles.report = report
         channel = ChannelMeta(name, stems[name], fs, n, info, segments[name], tiles)
         channels.append(channel)

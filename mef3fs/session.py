@@ -100,7 +100,7 @@ class Session:
 class Opener:
     """How every session of the mount is opened: the settings they share."""
     password: str
-    tile_seconds: float
+    tile_seconds: float | None    # None: the default of tiles.tile_target
     readers: object               # index.MetaReaders: opens them (metadata only)
     index: object                 # index.IndexCache: loads their tiles on first read
     inside: object = lambda real: True    # may a file at this real path be shown?

@@ -23,6 +23,8 @@ from .decoders import DecodeSpec
 PIECE_SHIFT = 32              # tile id = piece serial << 32 | tile within the piece
 LOCAL = (1 << PIECE_SHIFT) - 1
 EDGE_MARGIN = 0.45            # samples: keeps a window's sample count round((te - ts) * fs) unchanged
+DEFAULT_TILE_SECONDS = 10.0   # a tile, unless --tile-seconds says otherwise: a mef3io block at 1 kHz
+DEFAULT_TILE_SAMPLES = 50_000     # ... or this many samples if fewer (2 s of 1 s blocks at 32 kHz)
 
 
 def grid_time(t0: int, fs: float, i: int) -> float:
@@ -33,6 +35,19 @@ def grid_time(t0: int, fs: float, i: int) -> float:
 def grid_length(t0: int, t_end: float, fs: float) -> int:
     """Samples on a grid from t0 to t_end, rounded half away from zero like mef3io."""
     return max(0, math.floor((t_end - t0) * fs / 1e6 + 0.5))
+
+
+def tile_target(tile_seconds: float | None, fs: float) -> tuple[int, bool]:
+    """Samples a channel's tiles aim at, and whether a tile holds whole blocks at least.
+
+    Tiles are cut at the first block start `target` samples on (tile_edges).
+    --tile-seconds is taken as it is. By default a tile is 10 s, or
+    DEFAULT_TILE_SAMPLES if that is less: a random 10 s window at 32 kHz decoded
+    20 s of every channel in 10 s tiles (1.28 MB each), 10-12 s in 2 s ones.
+    And never less than a block: a block cut inside is decoded once for every part."""
+    if tile_seconds is None:
+        return max(1, min(round(DEFAULT_TILE_SECONDS * fs), DEFAULT_TILE_SAMPLES)), True
+    return max(1, round(tile_seconds * fs)), False
 
 
 def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: int, first: int = 0):
@@ -203,10 +218,11 @@ class ChannelTiles:
     """
 
     __slots__ = ("key", "session_path", "channel", "label", "t0", "fs", "n", "identity",
-                 "target", "starts", "serials", "_piece_of", "_load", "report", "_starts")
+                 "target", "whole_blocks", "starts", "serials", "_piece_of", "_load", "report", "_starts")
 
     def __init__(self, key: tuple, session_path: str, channel: str, label: str, t0: int, fs: float,
-                 n: int, identity: tuple = (), target: int = 1, starts=None, load=None, serials=None):
+                 n: int, identity: tuple = (), target: int = 1, starts=None, load=None, serials=None,
+                 whole_blocks: bool = False):
         self.key = key                    # unique per opened session and channel
         self.session_path = session_path
         self.channel = channel
@@ -214,6 +230,7 @@ class ChannelTiles:
         self.t0, self.fs, self.n = t0, fs, n
         self.identity = identity          # what decoders check the session against
         self.target = target              # samples per tile, about
+        self.whole_blocks = whole_blocks  # ... or a block's, if that is more (tile_target)
         self.starts = np.zeros(1, dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
         self.serials = list(range(len(self.starts))) if serials is None else list(serials)
         self._starts = self.starts.tolist()

@@ -429,6 +429,47 @@ def test_real_tiles_decode_to_the_reference(edge_session, tile_seconds):
         decoder.close()
 
 
+@pytest.fixture(scope="module")
+def block_sizes_session(tmp_path_factory):
+    """35 s of 32 kHz in mef3io's 1 s blocks, and of 1 kHz in blocks of 30 s and 5 s."""
+    path = tmp_path_factory.mktemp("tiles-blocks") / "blocks.mefd"
+    rng = _rng(4242)
+    with mef3io.Writer(str(path), overwrite=True, units="uV") as w:
+        w.write("fast", _signal(rng, 32000 * 35), T0, fs=32000.0, precision=3)
+    with mef3io.Writer(str(path), units="uV", block_length=30000) as w:
+        w.write("slow", _signal(rng, 1000 * 35), T0, fs=1000.0, precision=3)
+    return path
+
+
+@pytest.mark.parametrize("tile_seconds, fast, slow", (
+    # default: cut at the first block start 10 s or 50,000 samples on, never inside a block
+    (None, [64000] * 17 + [32000], [30000, 5000]),
+    # asked for: as asked, a block more than twice as long cut inside
+    (10.0, [320000] * 3 + [160000], [10000, 20000, 5000]),
+))
+def test_default_tiles_are_at_most_a_few_blocks_and_hold_whole_blocks(block_sizes_session, tile_seconds,
+                                                                      fast, slow):
+    """A 10 s tile at 32 kHz is 1.28 MB: a random 10 s window decoded 20 s of every
+    channel. By default such a channel gets tiles of two 1 s blocks, and a channel of
+    blocks longer than 10 s a block a tile (one cut inside would be decoded for every
+    part). --tile-seconds is taken as it is."""
+    readers = MetaReaders("")
+    session = Opener("", tile_seconds, readers, IndexCache(readers, 1 << 22, Stats())).open(
+        str(block_sizes_session), str(block_sizes_session))
+    assert session.ok, session.error
+    decoder = make_decoder("mef3io")
+    try:
+        for ch, size in (("fast", fast), ("slow", slow)):
+            tiles = session.files[f"{ch}.f32"].rows[0]
+            ids, edges, has_data = tile_table(tiles)
+            assert np.diff(edges)[has_data].tolist() == size, (ch, edges)
+            ref = reference(block_sizes_session, ch)
+            got = np.concatenate([decoder.read(tiles.spec(i)) for i in ids])
+            assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), ch
+    finally:
+        decoder.close()
+
+
 def test_spans_agree_with_tiles_for_bounds_and_has_data():
     """The read path's one-pass lookup finds every tile overlapping a range, with its
     bounds and whether it holds data, as the per-tile calls do, across pieces, gaps
