@@ -1,17 +1,17 @@
 """Read-ahead of sequential streams: decode what a reader will ask for next, and
 nothing it will not. Windows of channels read together are windows.py's.
 
-`ReadAhead`, one per open handle: streams (next offset = last
-end, forward or backward), like the kernel's readahead: once a run is
-longer than a window of its group, the window doubles while the run goes
-on, up to --readahead and to twice what the run has read; a read that fits no stream starts one, and the
-stream it displaces has its read-ahead cancelled. A stream of page faults
-(a memmap read through) has what it reads ahead put into the kernel's page
-cache as it lands (pagecache.py), but for its far end: the reader's read
-there reaches us and carries the stream on. A handful are tracked
-because a memmap or several threads interleave several. A channel whose
-group is being read window by window gets no stream read-ahead: the
-windows say better what comes next.
+`ReadAhead`, one per open handle: streams (next offset = last end,
+forward or backward), like the kernel's readahead: once a run is longer
+than a window of its group, the window doubles while the run goes on, up
+to --readahead and to twice what the run has read; a read that fits no
+stream starts one, and the stream it displaces has its read-ahead
+cancelled. A stream of page faults (a memmap read through) has what it
+reads ahead put into the kernel's page cache as it lands (pagecache.py),
+but for its far end: the reader's read there reaches us and carries the
+stream on. A handful are tracked because a memmap or several threads
+interleave several. A channel whose group is being read window by window
+gets no stream read-ahead: the windows say better what comes next.
 """
 
 from __future__ import annotations

@@ -325,9 +325,9 @@ class TileCache:
                 # would keep the job's tiles alive until the garbage collector came by
                 ticket.future.add_done_callback(lambda fut, jid=ticket.jid: self._landed(jid, fut))
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("decode %s: %s x [%d, %d) in %d tile(s), lane %d, job %d%s", job.session_path,
-                          ",".join(job.channels), job.first, job.first + job.n, job.tiles, prio, ticket.jid,
-                          " (here)" if ticket.here else "")
+                log.debug("decode %s: %s x [%d, %d) in %d tile(s), lane %d, job %d%s",
+                          job.session_path, ",".join(job.channels), job.first, job.first + job.n,
+                          job.tiles, prio, ticket.jid, " (here)" if ticket.here else "")
         return out
 
     def _submit(self, job: Job, prio: int, members) -> Ticket:
