@@ -415,7 +415,7 @@ def stats_delta(before: dict, after: dict) -> dict:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             b = before.get(k, 0) if isinstance(before.get(k, 0), (int, float)) else 0
             if k in ("cache_bytes", "cache_tiles", "cache_budget", "sessions_open", "tiles_in_flight",
-                     "readahead_bytes"):
+                     "readahead_bytes", "jobs_pending"):
                 out[k] = v
             elif v - b:
                 out[k] = v - b

@@ -228,6 +228,7 @@ class Engine:
         out["worker_pids"] = self.pool.pids() if self.pool else []
         out["workers"] = self.workers
         out["workers_ready"] = self.pool.ready if self.pool else 0
+        out["jobs_pending"] = self.pool.pending() if self.pool else 0
         out["decoder"] = self.decoder_name
         out["page_cache_push"] = bool(self.pagecache and self.pagecache.on)
         out["readahead_pending"] = self._plans_pending

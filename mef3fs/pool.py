@@ -108,6 +108,14 @@ class Pool:
     def ready(self) -> int:
         return self._ready
 
+    def pending(self) -> int:
+        """Jobs queued or running: a job stopped for nobody may still be decoding (and
+        land, and be counted) after its tiles were let go."""
+        with self._cond:
+            queued = sum(1 for prio, lane in enumerate(self._lanes) for t in lane
+                         if t.state == PENDING and t.prio == prio)
+            return self._busy + queued
+
     def promote(self, t: Ticket) -> None:
         """A reader now waits on a queued job: move it to the foreground lane."""
         with self._cond:
@@ -170,6 +178,15 @@ class Pool:
         return None
 
     def _done(self, t: Ticket, tiles=None, error=None, cancelled=False, busy=False) -> None:
+        # counted before the job stops counting as pending (jobs_pending: 0 means the
+        # counters are final)
+        if cancelled:
+            if t.stopping:
+                self._stats.add("readahead_cancelled", t.job.tiles)
+        else:
+            kind = "decodes_inprocess" if (self.inprocess or t.here) else \
+                "decodes_foreground" if t.prio == FOREGROUND else "decodes_background"
+            self._stats.add_many({kind: t.job.tiles, "jobs": 1})
         with self._cond:
             t.state = CANCELLED if cancelled else DONE
             if busy:
@@ -177,13 +194,8 @@ class Pool:
                 self._cond.notify()
         t.t_landed = time.monotonic()
         if cancelled:
-            if t.stopping:
-                self._stats.add("readahead_cancelled", t.job.tiles)
             t.future.cancel()
             return
-        kind = "decodes_inprocess" if (self.inprocess or t.here) else \
-            "decodes_foreground" if t.prio == FOREGROUND else "decodes_background"
-        self._stats.add_many({kind: t.job.tiles, "jobs": 1})
         if error is not None:
             t.future.set_exception(error)
         else:

@@ -128,6 +128,13 @@ def wait_stats(mount, pred, what, timeout=WAIT):
         time.sleep(0.05)
 
 
+def settled(mount):
+    """Read-ahead landed: no tile in flight, and no job queued or running (a job stopped
+    for nobody still decodes after its tiles were let go, and is counted when it lands)."""
+    return wait_stats(mount, lambda s: s["tiles_in_flight"] == 0 and s["jobs_pending"] == 0,
+                      "read-ahead settled")
+
+
 def counters(s):
     return {k: v for k, v in s.items() if k not in ("decoder",)}
 
@@ -440,7 +447,7 @@ def test_readahead_on_a_sequential_scan(mount_fs, long_source):
     d = session_dir(m, "long.mefd")
     before = read_stats(m)
     assert_same_bytes(scan(d / "k1.f32"), reference(session, "k1").tobytes(), "k1.f32 forward scan")
-    after = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+    after = settled(m)
     dd = delta(after, before, *RA_KEYS)
     assert dd["readahead_scheduled"] > 0, dd
     assert dd["readahead_hits"] > 0, dd
@@ -450,7 +457,7 @@ def test_readahead_on_a_sequential_scan(mount_fs, long_source):
     before = after
     assert_same_bytes(scan(d / "k2.f32", backward=True), reference(session, "k2").tobytes(),
                       "k2.f32 backward scan")
-    after = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+    after = settled(m)
     dd = delta(after, before, *RA_KEYS)
     assert dd["readahead_scheduled"] > 0, f"backward scan: {dd}"
     assert dd["readahead_hits"] > 0, f"backward scan: {dd}"
@@ -487,7 +494,7 @@ def test_readahead_survives_requests_completing_out_of_order(mount_fs, long_sour
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         for off in (0, 2 * MIB, 1 * MIB):
             assert_same_bytes(os.pread(fd, MIB, off), want[off:off + MIB], f"k1.f32 @{off}")
-        before = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+        before = settled(m)
         off = 3 * MIB + 64 * KIB            # the next read of the stream
         assert_same_bytes(os.pread(fd, 4096, off), want[off:off + 4096], f"k1.f32 @{off}")
         after = read_stats(m)
@@ -515,7 +522,7 @@ def test_readahead_cancelled_on_close(mount_fs, long_source):
         finally:
             os.close(fd)
         assert_same_bytes(got, reference(session, ch).tobytes()[:len(got)], f"{ch}.f32")
-        after = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+        after = settled(m)
         dd = delta(after, before, *RA_KEYS)
         seen.append((ch, delta(mid, before, "readahead_scheduled", "decodes_background"), dd))
         assert dd["readahead_scheduled"] > 0, dd
@@ -554,7 +561,7 @@ def test_readahead_cancelled_when_the_handle_jumps_away(mount_fs, long_source):
             os.close(fd)
         dd = delta(jumped, before, *RA_KEYS)
         seen.append((ch, dd))
-        wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+        settled(m)
         if dd["readahead_cancelled"] > 0:
             return
     pytest.fail(f"jumping away from a sequential run (handle still open) never cancelled its "
@@ -718,7 +725,7 @@ def test_second_read_does_not_reach_the_daemon(mount_fs, long_source, tmp_path):
     decoding = ("misses", "single_flight_waits", "readahead_hits")
     t0 = time.time()
     assert_same_bytes(read_file(f32), want, "k3.f32 first read")
-    s1 = wait_stats(m, lambda s: s["tiles_in_flight"] == 0, "read-ahead settled")
+    s1 = settled(m)
     t1 = time.time()
     first = _reads_since(trace, t0)
     assert first, "the first read reached no tile"

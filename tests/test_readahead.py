@@ -53,7 +53,7 @@ def settle(m):
     """Read-ahead decided (the planner may wait for a pause in the reads), landed and
     stored into the page cache."""
     return wait_stats(m, lambda s: s["tiles_in_flight"] == 0 and s["readahead_pending"] == 0
-                      and s["pushes_pending"] == 0, "read-ahead settled")
+                      and s["pushes_pending"] == 0 and s["jobs_pending"] == 0, "read-ahead settled")
 
 
 def memmaps(d) -> dict:
