@@ -148,10 +148,8 @@ def build_table(tiles: ChannelTiles, piece: int, starts: np.ndarray, ends: np.nd
     a, b = tiles.piece_range(piece)
     fs, t0 = tiles.fs, tiles.t0
     lengths = np.rint((ends - starts) * fs / 1e6).astype(np.int64)
-    target = tiles.target
-    if tiles.whole_blocks and len(lengths):
-        target = max(target, int(np.median(lengths)))
-    edges, has_data = tile_edges(b, t0, fs, starts, lengths, target, first=a)
+    edges, has_data = tile_edges(b, t0, fs, starts, lengths, tiles.target, first=a,
+                                 whole_blocks=tiles.whole_blocks)
     lo, hi = tile_windows(edges, has_data, t0, fs, starts)
     step = 1e6 / fs
     block_end = starts + lengths * step

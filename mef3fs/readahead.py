@@ -88,7 +88,7 @@ class ReadAhead:
             stream.window = min(self._max, max(stream.window, MIN_WINDOW, 2 * size,
                                                2 * self._ctx.tile_bytes(offset),
                                                min(2 * stream.window, 2 * run)))
-        self._schedule(stream, size)
+        self._schedule(stream)
 
     def _match(self, offset: int, end: int, tol: int):
         """The stream this read continues, and which way: forward runs first,
@@ -128,7 +128,7 @@ class ReadAhead:
         lo, hi = self._unasked(s)
         return s.window < self._max or hi - lo >= s.window // BATCHES
 
-    def _schedule(self, s: _Stream, size: int) -> None:
+    def _schedule(self, s: _Stream) -> None:
         size = self._file.size
         lo, hi = self._unasked(s)
         lo, hi = max(0, lo), min(size, hi)

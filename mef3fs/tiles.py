@@ -50,17 +50,21 @@ def tile_target(tile_seconds: float | None, fs: float) -> tuple[int, bool]:
     return max(1, round(tile_seconds * fs)), False
 
 
-def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: int, first: int = 0):
+def tile_edges(n: int, t0: int, fs: float, block_starts, block_lengths, target: int, first: int = 0,
+               whole_blocks: bool = False):
     """Tile edges over grid samples [first, n) and a per-tile 'has data' flag.
 
     Edges fall on block starts; a block longer than twice the target is cut
     inside (it will be decoded for each part, which only happens when the
-    target is smaller than the file's blocks). Stretches with no block
+    target is smaller than the file's blocks; with `whole_blocks` the target
+    is at least the median block, so only an unusually long block is). Stretches with no block
     (gaps, before a late start, after an early end) become data-free tiles,
     kept one sample clear of any block so rounding cannot hide a sample.
     The work is per tile, not per block: a week of 1 s blocks is 600,000.
     """
     target = max(1, int(target))
+    if whole_blocks and len(block_lengths):
+        target = max(target, int(np.median(block_lengths)))     # at least a typical block
     starts = np.rint((np.asarray(block_starts, dtype=np.float64) - t0) * fs / 1e6).astype(np.int64)
     lengths = np.asarray(block_lengths, dtype=np.int64)
     order = np.argsort(starts, kind="stable")

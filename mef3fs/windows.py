@@ -193,25 +193,11 @@ class InStep:
             # The lead's copy goes on past the width learned, right after its last read
             # (the pages between were put into its page cache): n samples span n / 1024
             # pages rounded up, or one page more, with where they start. The same
-            # window, a page wider, not a step: its last page for everyone.
-            self._win = (a, s1)
-            self._width = max(self._width, s1 - a)
-            rows = self._together(now)
-            if len(rows) < 2:
-                return [], []
-            return [(b, min(n, s1), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1),
-                     None)], []
+            # window, a page wider, not a step.
+            return self._widen(tiles, s0, s1, s1, now), []
         if contiguous and self._run_start <= a + page and b <= s0 < b + page:
-            # the lead read all of the window we thought it had, and reads on: it is
-            # wider; twice as wide, decoded for the others too
-            grow = b - a
-            self._win = (a, b + grow)
-            self._width = b + grow - a
-            rows = self._together(now)
-            if len(rows) < 2:
-                return [], []
-            return [(b, min(n, b + grow), rows, WINDOW, [r for r in rows if r.key != key], (tiles, s0, s1),
-                     None)], []
+            # the lead read all of the window we thought it had, and reads on: twice as wide
+            return self._widen(tiles, s0, s1, b + (b - a), now), []
         # the lead left its window: the next one, the one before, or elsewhere
         width = self._width or (b - a)
         # where the lead's first read in a window lands moves by a page or two with what
@@ -266,6 +252,18 @@ class InStep:
             self._planned = keep
         self._direction = direction
         return plan, cancel
+
+    def _widen(self, tiles, s0: int, s1: int, end: int, now: float) -> list:
+        """Lock held. The lead's read [s0, s1) says the window [a, b) reaches on to `end`:
+        the new part is decoded for every channel read with it, the lead's read first."""
+        a, b = self._win
+        self._win = (a, end)
+        self._width = max(self._width, end - a)
+        rows = self._together(now)
+        if len(rows) < 2:
+            return []
+        return [(b, min(tiles.n, end), rows, WINDOW, [r for r in rows if r.key != tiles.key],
+                 (tiles, s0, s1), None)]
 
     def _around(self, s0: int, width: int, n: int, page: int, rows: list, now: float, steps,
                 ahead: int = 1) -> tuple:
