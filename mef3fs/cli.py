@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop tiles idle this long (default 300; 0: never)")
     p.add_argument("--refresh", type=_non_negative_float, default=1.0, metavar="SECONDS",
                    help="how often a session in use is checked for new data (default 1; 0: never)")
-    p.add_argument("--workers", type=_workers, default=default_workers(), metavar="N",
-                   help="decoder processes (default: CPU count; 0 decodes in threads of the daemon)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="decoder processes (default: 0 with mef3io, which decodes in threads "
+                   f"of the daemon; {default_workers('mef_tools')}, the CPU count, with mef_tools)")
     p.add_argument("--statahead", type=_count, default=None, metavar="N",
                    help="sessions a walk of SOURCE (ls -lR, find) reaches next that are opened "
                    "ahead of it (default 2; 0: off)")
@@ -296,6 +297,9 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.debug:
             args.foreground = True
+        if args.workers is None:
+            from .engine import default_workers
+            args.workers = default_workers(args.decoder)
         source, host = _check_source(args)
         mountpoint = _check_mountpoint(args.mountpoint)
         _check_apart(source, mountpoint, host)

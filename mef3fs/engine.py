@@ -43,8 +43,17 @@ def cpu_count() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def default_workers() -> int:
-    return cpu_count()
+def default_workers(decoder: str = "mef3io") -> int:
+    """Worker processes when --workers is not given. None for mef3io: it
+    releases the GIL while it decodes, so threads of the daemon decode
+    without a socket between decoder and cache (every tile copied into the
+    kernel and out again, a lane thread per worker) and without processes
+    competing with the daemon for the cores. Measured here, on fresh mounts
+    in one run: a cold scan 9.6-9.8 -> 10.4-12.1 Msamp/s, random windows p50
+    49 -> 42-44 ms, peak RSS 234 -> 155 MB. pymef is not known to be
+    thread-safe (one decoding thread at most): processes for it. With
+    --workers N a decoder that crashes costs a worker, not the mount."""
+    return 0 if decoder == "mef3io" else cpu_count()
 
 
 def max_workers() -> int:
