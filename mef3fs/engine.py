@@ -269,6 +269,9 @@ class ReadContext:
         self.ino = None                 # the kernel's node id of the file (pagecache.py)
         self.streaming = False          # its reader scans: the stream reads ahead, not the windows
         self._wants = None
+        group = group_of(file.rows[0]) if self.samples_file and len(file.rows) == 1 else None
+        if group is not None:
+            group.reopened(file.rows[0], self)
 
     def samples(self, tiles, s0: int, s1: int, out) -> None:
         engine = self.engine

@@ -101,6 +101,17 @@ class InStep:
     def _together(self, now: float) -> list:
         return [r for r in self.rows if r.key in self._members and now - self._members[r.key][0] < STALE]
 
+    def reopened(self, tiles, ctx) -> None:
+        """A channel read with the group was opened again: what is put into its page
+        cache goes through the newest open. A script that opens its memmaps anew for
+        every window has closed the last ones, and a store for a closed open is
+        dropped: every follower's pages then came one FUSE read at a time. (A channel
+        opened but never read stays out: a viewer may open 128 and draw 16.)"""
+        with self._lock:
+            m = self._members.get(tiles.key)
+            if m is not None and (m[1] is None or m[1].closed or m[1].file is ctx.file):
+                self._members[tiles.key] = (m[0], ctx)
+
     def before_read(self, engine, ctx, tiles, s0: int, s1: int) -> None:
         """A read of samples [s0, s1) of `tiles` is about to wait for them."""
         now = time.monotonic()

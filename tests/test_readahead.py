@@ -169,6 +169,48 @@ def test_random_windows_decode_what_they_read_and_nothing_ahead(mount_fs, long_s
     assert delta(looked, mid, *KEYS)["windows_ahead"] == 2, delta(looked, mid, *KEYS)
 
 
+def close_maps(maps: dict) -> None:
+    """Unmap now (the kernel then releases the opens), not when the collector gets to it."""
+    for mm in maps.values():
+        mm._mmap.close()
+    maps.clear()
+
+
+def test_a_window_goes_into_the_page_cache_of_memmaps_opened_anew(mount_fs, long_source):
+    """A script that opens its memmaps anew for every window and closes the last
+    ones: the window the lead opens is stored into the page cache of the
+    followers' new opens, so their reads of it never reach the daemon, but for
+    the pages at its ends that it fills only in part. (Stores went to the
+    followers' last opens, closed, and were dropped: every page of every
+    follower came as a FUSE read.)"""
+    m = mount_ready(mount_fs, long_source, "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    lead, *followers = LONG_CHANNELS
+    n = 2 * TILE + 300                      # 63 pages a channel
+    maps = memmaps(d)
+    try:
+        for ch in LONG_CHANNELS:            # the first window: learned, then decoded for all
+            window(maps, session, ch, 5 * TILE, n)
+    finally:
+        close_maps(maps)
+    settle(m)
+    maps = memmaps(d)
+    try:
+        a = 40 * TILE + 123
+        window(maps, session, lead, a, n)   # a jump: the window is decoded for every channel
+        before = settle(m)
+        for ch in followers:
+            window(maps, session, ch, a, n)
+        after = read_stats(m)
+    finally:
+        close_maps(maps)
+    dd = delta(after, before, "hits", "misses", "tiles_used")
+    assert after["tiles_pushed"] > 0, counters(after)
+    # each end page holds a tile or two: 4 tiles a follower at most reach us
+    assert dd["hits"] + dd["misses"] <= 4 * len(followers), dd
+
+
 def test_scan_uses_what_was_read_ahead(mount_fs, long_source):
     m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
     session = long_source / "long.mefd"
