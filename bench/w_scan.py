@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import explain
 import server
-from common import MiB, Watchdog, drop_caches, f1, log, msps, now, scan_files, stats_delta, TreeSampler
+from common import MiB, Watchdog, drop_caches, f1, log, msps, now, scan_files, stats_delta, TreeCpu
 
 STEP_S = 60          # mef3io-server scan window
 
@@ -73,7 +73,7 @@ def run(b) -> None:
         s0 = m.stats()
         drop_caches()
         with Watchdog(600, m.kill, "cold scan through the mount"):
-            with TreeSampler(m.pid) as ts:
+            with TreeCpu(m.pid) as ts:
                 for key, meta in b.meta.items():
                     by, s = scan_files(b.f32_paths(m.mnt, meta))
                     s1 = m.stats()
@@ -81,7 +81,7 @@ def run(b) -> None:
                                        "stats": stats_delta(s0, s1), "trace": explain.summarize(m.trace_lines())}
                     s0 = s1
                     log(f"    mount cold .f32 scan {key}: {msps(by / 4, s):.1f} Msamp/s")
-            M["cold_mem"] = ts.result()
+            M["cold_cpu"] = ts.result()
         with Watchdog(300, m.kill, "re-reads through the mount"):
             drop_caches()
             for key, meta in b.meta.items():

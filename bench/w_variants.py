@@ -8,7 +8,7 @@ pay off against decoding threads in the daemon.
 """
 from __future__ import annotations
 
-from common import TreeSampler, Watchdog, drop_caches, f1, log, msps, scan_files
+from common import TreeCpu, Watchdog, drop_caches, f1, log, msps, scan_files
 from w_paging import _pages, runs_of
 from w_windows import cold_rounds, WIN_S
 from common import mm_close, mm_open, mm_window
@@ -20,7 +20,7 @@ def _one(b, name: str, extra: list) -> dict:
         m.wait_workers()
         drop_caches()
         with Watchdog(600, m.kill, "variant scan"):
-            with TreeSampler(m.pid) as ts:
+            with TreeCpu(m.pid) as ts:
                 by, s = scan_files(b.f32_paths(m.mnt, b.meta["A"]))
         mem = ts.result()
         d["scan"] = {"msps": msps(by / 4, s),
