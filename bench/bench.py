@@ -198,7 +198,7 @@ def main(argv=None):
                     help="extra argument for every mount (repeat; e.g. --mount-opt=--readahead=32M)")
     ap.add_argument("--variant", action="append", metavar="NAME=OPTS",
                     help="also measure a mount with these options (cold windows, paging, scan), e.g. "
-                         "'threads=--workers 0'; ra_kb=N sets the mount's kernel read_ahead_kb after "
+                         "'procs=--workers 2'; ra_kb=N sets the mount's kernel read_ahead_kb after "
                          "mounting, env:NAME=VALUE an environment variable of the daemon")
     ap.add_argument("--only", type=lambda s: s.split(","), metavar="NAME,...",
                     help=f"run only these workloads ({', '.join(WORKLOADS)})")

@@ -3,8 +3,8 @@
 For each variant and for the defaults, on fresh mounts: a cold scan of every
 .f32 of recording A (with the CPU time of the daemon and its workers), two
 rounds of cold random windows of A, and one forward paging run (0.05 s
-pause). E.g. `--variant 'threads=--workers 0'` asks whether worker processes
-pay off against decoding threads in the daemon.
+pause). E.g. `--variant 'procs=--workers 2'` asks whether worker processes
+pay off against the default, decoding threads in the daemon.
 """
 from __future__ import annotations
 
