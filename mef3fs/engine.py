@@ -271,7 +271,7 @@ class ReadContext:
         self._wants = None
         group = group_of(file.rows[0]) if self.samples_file and len(file.rows) == 1 else None
         if group is not None:
-            group.reopened(file.rows[0], self)
+            group.opened(file.rows[0], self)
 
     def samples(self, tiles, s0: int, s1: int, out) -> None:
         engine = self.engine

@@ -101,16 +101,19 @@ class InStep:
     def _together(self, now: float) -> list:
         return [r for r in self.rows if r.key in self._members and now - self._members[r.key][0] < STALE]
 
-    def reopened(self, tiles, ctx) -> None:
-        """A channel read with the group was opened again: what is put into its page
-        cache goes through the newest open. A script that opens its memmaps anew for
-        every window has closed the last ones, and a store for a closed open is
-        dropped: every follower's pages then came one FUSE read at a time. (A channel
-        opened but never read stays out: a viewer may open 128 and draw 16.)"""
+    def opened(self, tiles, ctx) -> None:
+        """A channel of the group was opened: what is put into its page cache goes
+        through its newest open. (A script that opens its memmaps anew for every
+        window has closed the last ones, and a store for a closed open is dropped:
+        every follower's pages then came one FUSE read at a time.) A channel not
+        read yet is known from now on, at time 0: it is not read with the group
+        until it reads (a viewer may open 128 channels and draw 16), but a window
+        decoded for every channel (the first) is stored for it too, all but its
+        first page, whose read says it reads with the group."""
         with self._lock:
-            m = self._members.get(tiles.key)
-            if m is not None and (m[1] is None or m[1].closed or m[1].file is ctx.file):
-                self._members[tiles.key] = (m[0], ctx)
+            t, old = self._members.get(tiles.key, (0.0, None))
+            if old is None or old.closed or old.file is ctx.file:
+                self._members[tiles.key] = (t, ctx)
 
     def before_read(self, engine, ctx, tiles, s0: int, s1: int) -> None:
         """A read of samples [s0, s1) of `tiles` is about to wait for them."""
@@ -138,21 +141,29 @@ class InStep:
         for tokens in cancel:
             engine.cancel(tokens)
         for a, b, rows, prio, push, own, lead_span in plan:
-            targets = []
+            targets, unread = [], set()
             for r in push:
-                c = self._members.get(r.key, (0, None))[1]
+                t, c = self._members.get(r.key, (0.0, None))
                 if c is None:
                     continue
                 if r.key == tiles.key:
                     # the lead's next window, but for its first pages: its read there
                     # reaches us and says where the reader went
                     targets.append((c, r) + lead_span)
+                elif not t:
+                    # opened, never read: the window being read but for its first page,
+                    # whose read makes it one of the group (nothing read ahead: that
+                    # might hold the page)
+                    if prio == WINDOW:
+                        targets.append((c, r, min(b, a + PAGE_SAMPLES), b))
+                        unread.add(r.key)
                 else:
                     targets.append((c, r, a, b))
             tokens = engine.window(rows, a, b, prio, targets, own, ctx)
             with self._lock:
                 for c, r, _, _ in targets:
-                    self._members[r.key] = (now, c)   # it will read there, unseen
+                    if r.key not in unread:
+                        self._members[r.key] = (now, c)   # it will read there, unseen
                 if prio == AHEAD:
                     self._planned.append((a, b, tokens))
 
@@ -353,6 +364,9 @@ class InStep:
                 return
             lead = next((r for r in self.rows if r.key == self._lead), None)
             ctx = self._members.get(self._lead, (0, None))[1]
+            # a mount's first window was decoded for every channel: its neighbours only
+            # for those that read it (a viewer may open 128 channels and draw 16)
+            rows = [r for r in rows if now - self._members.get(r.key, (0.0, None))[0] < STALE]
             if lead is None or ctx is None or len(rows) < 2:
                 return
             a, b = win

@@ -211,6 +211,68 @@ def test_a_window_goes_into_the_page_cache_of_memmaps_opened_anew(mount_fs, long
     assert dd["hits"] + dd["misses"] <= 4 * len(followers), dd
 
 
+def test_the_first_window_goes_into_the_page_cache_of_channels_opened_with_it(mount_fs, long_source):
+    """A mount's first window: once a second channel reads it, it is decoded for
+    every channel of the group and stored into the page cache of those opened
+    but not read yet, all but their first page. Each of them then sends that
+    one read, which makes it one of the group: the next window is stored for
+    it whole."""
+    m = mount_ready(mount_fs, long_source, "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    lead, second, *rest = LONG_CHANNELS
+    n = 2 * TILE + 300                          # 63 pages a channel
+    maps = memmaps(d)
+    try:
+        settle(m)
+        for a in (5 * TILE, 40 * TILE + 123):   # the first window, then a jump
+            window(maps, session, lead, a, n)
+            if a == 5 * TILE:
+                window(maps, session, second, a, n)     # decoded for every channel now
+            before = settle(m)
+            for ch in (rest if a == 5 * TILE else (second, *rest)):
+                window(maps, session, ch, a, n)
+            reached = delta(read_stats(m), before, "hits", "misses")
+            # the first window: each one's first page (a tile or two); the jump: nothing
+            # but the pages at its ends the window fills only in part
+            assert reached["hits"] + reached["misses"] <= 4 * len(rest) + 4, (a, reached)
+    finally:
+        close_maps(maps)
+
+
+def test_a_channel_opened_and_never_read_is_left_out_of_later_windows(mount_fs, long_source):
+    """The first window is decoded for every channel of the group; a channel
+    whose file is open but that never reads (a viewer opens every channel and
+    draws a few) is not decoded for the windows after it, nor for the
+    neighbours read ahead while the first one is looked at."""
+    m = mount_ready(mount_fs, long_source, "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    n = 2 * TILE + 300
+    maps = memmaps(d)                           # all four open; two read
+    try:
+        settle(m)
+        a = 5 * TILE
+        for ch in LONG_CHANNELS[:2]:
+            window(maps, session, ch, a, n)
+        read = read_stats(m)
+        # a pause: both neighbours are read ahead
+        looked = wait_stats(m, lambda s: s["windows_ahead"] >= read["windows_ahead"] + 2 and
+                            s["tiles_in_flight"] == 0 and s["readahead_pending"] == 0
+                            and s["jobs_pending"] == 0, "the neighbours of the window looked at")
+        guessed = delta(looked, read, "tiles_decoded", "windows_ahead")
+        b = 40 * TILE + 123
+        window(maps, session, LONG_CHANNELS[0], b, n)       # a jump, looked at too
+        jumped = delta(settle(m), looked, "tiles_decoded", "windows", "windows_ahead")
+    finally:
+        close_maps(maps)
+    # neighbours a page wider each, for the two channels read only
+    assert guessed["windows_ahead"] == 2, guessed
+    assert guessed["tiles_decoded"] <= 2 * 2 * tiles_under(a - 2 * 1024, n + 4 * 1024), guessed
+    per_window = tiles_under(b - 2 * 1024, n + 4 * 1024)
+    assert jumped["windows"] == 1 and jumped["tiles_decoded"] <= 3 * 2 * per_window, (per_window, jumped)
+
+
 def test_scan_uses_what_was_read_ahead(mount_fs, long_source):
     m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
     session = long_source / "long.mefd"
