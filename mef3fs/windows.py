@@ -2,8 +2,10 @@
 memmap per channel, a viewer drawing every trace) will ask for next, and
 nothing they will not. readahead.py follows sequential streams.
 
-`InStep`, one per rate group: the channel read first in a window leads it. The first window is learned from the lead's reads and
-decoded for the whole group as soon as a second channel reads it too;
+`InStep`, one per rate group: the channel read first in a window leads it.
+The first window is learned from the lead's reads and decoded for the whole
+group as soon as a second channel reads it too (and stored into the page
+cache of the channels open but not read yet, all but their first page);
 from then on each window the lead opens is decoded at once for every
 channel read recently, its own part first. When the lead's new window is
 next to its last one (a step, forward or backward), the AHEAD_WINDOWS
