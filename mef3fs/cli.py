@@ -297,9 +297,6 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.debug:
             args.foreground = True
-        if args.workers is None:
-            from .engine import default_workers
-            args.workers = default_workers(args.decoder)
         source, host = _check_source(args)
         mountpoint = _check_mountpoint(args.mountpoint)
         _check_apart(source, mountpoint, host)

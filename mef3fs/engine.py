@@ -64,11 +64,11 @@ def max_workers() -> int:
 
 
 class Engine:
-    def __init__(self, decoder: str, password: str, workers: int, cache_size: int, cache_ttl: float,
+    def __init__(self, decoder: str, password: str, workers: int | None, cache_size: int, cache_ttl: float,
                  readahead: bool = True, inprocess_samples: int = INPROCESS_SAMPLES,
                  trace: str | None = None, mountpoint: str | None = None):
         self.decoder_name = decoder
-        self.workers = workers
+        self.workers = default_workers(decoder) if workers is None else workers
         self.stats = Stats()
         self._password = password
         self._cache_size = cache_size
@@ -270,7 +270,7 @@ class ReadContext:
         self.ino = None                 # the kernel's node id of the file (pagecache.py)
         self.streaming = False          # its reader scans: the stream reads ahead, not the windows
         self._wants = None
-        group = group_of(file.rows[0]) if self.samples_file and len(file.rows) == 1 else None
+        group = file.in_step if self.samples_file else None     # a channel's own file
         if group is not None:
             group.opened(file.rows[0], self)
 

@@ -143,29 +143,29 @@ class InStep:
         for tokens in cancel:
             engine.cancel(tokens)
         for a, b, rows, prio, push, own, lead_span in plan:
-            targets, unread = [], set()
+            targets, unseen = [], []
             for r in push:
                 t, c = self._members.get(r.key, (0.0, None))
                 if c is None:
                     continue
-                if r.key == tiles.key:
-                    # the lead's next window, but for its first pages: its read there
-                    # reaches us and says where the reader went
-                    targets.append((c, r) + lead_span)
-                elif not t:
+                if not t:
                     # opened, never read: the window being read but for its first page,
                     # whose read makes it one of the group (nothing read ahead: that
                     # might hold the page)
                     if prio == WINDOW:
                         targets.append((c, r, min(b, a + PAGE_SAMPLES), b))
-                        unread.add(r.key)
+                    continue
+                if r.key == tiles.key:
+                    # the lead's next window, but for its first pages: its read there
+                    # reaches us and says where the reader went
+                    targets.append((c, r) + lead_span)
                 else:
                     targets.append((c, r, a, b))
+                unseen.append((r.key, c))
             tokens = engine.window(rows, a, b, prio, targets, own, ctx)
             with self._lock:
-                for c, r, _, _ in targets:
-                    if r.key not in unread:
-                        self._members[r.key] = (now, c)   # it will read there, unseen
+                for key, c in unseen:
+                    self._members[key] = (now, c)   # it will read there, unseen
                 if prio == AHEAD:
                     self._planned.append((a, b, tokens))
 
