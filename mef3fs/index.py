@@ -51,6 +51,9 @@ class MetaReaders:
         once skips it for good, and would answer with fewer blocks from then on."""
         return self._open(path)
 
+    def discard(self, path: str, identity: tuple) -> None:
+        self._readers.discard(path, identity)
+
     def loaded(self, reader, channel: str, t0: float, t1: float) -> None:
         self._readers.loaded(reader, channel, t0, t1)
 

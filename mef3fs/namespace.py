@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .index import still_the_same
 from .passthrough import PassthroughFile
-from .refresh import grew, signature as take_signature
+from .refresh import grew, settled, signature as take_signature
 from .session import Opener, Session, session_identity
 
 log = logging.getLogger("mef3fs.namespace")
@@ -245,6 +245,8 @@ class Namespace:
                 self.on_changed(paths)
                 return paths
             growth = old.ok and grew(old.signature, signature)
+            why = "" if growth else ("it could not be read before" if not old.ok
+                                     else "a data or index file was replaced or shrank")
 
             def read_again(grown: bool) -> Session:
                 return self._opener.open(real, self._display(real), identity,
@@ -254,16 +256,27 @@ class Namespace:
             if growth and not new.ok:
                 # caught half-way through a write: keep what we have, look again next time
                 log.debug("refresh of %s postponed: %s", old.shown_path, new.error)
+                self._opener.readers.discard(real, new.decode_identity)
                 return []
-            if growth and not (_same_grid(old, new) and self._same_blocks(old, new)):
-                growth = False
-                new = read_again(False)
+            if growth:
+                if not _same_grid(old, new):
+                    why = "a channel is gone, or the grid start or a rate changed"
+                elif not self._same_blocks(old, new):
+                    why = "blocks read from it before are not there now"
+                if why:
+                    if not settled(old, signature):
+                        log.debug("refresh of %s postponed: %s, but its files only grew; "
+                                  "deciding once they stop changing", old.shown_path, why)
+                        self._opener.readers.discard(real, new.decode_identity)
+                        return []
+                    growth = False
+                    new = read_again(False)
             new.last_used = old.last_used
             old.compatible = growth
             old.superseded_by = new
             self._store(real, new)
             log.info("session %s %s (generation %d)", new.shown_path,
-                     "grew" if growth else "was written anew: a new session", new.generation)
+                     "grew" if growth else f"was written anew ({why}): a new session", new.generation)
             paths = self._cached_paths(old)
             self.on_changed(paths)
             return paths

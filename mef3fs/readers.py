@@ -73,6 +73,14 @@ class ReaderCache:
             self._trim(keep=key)
         return reader
 
+    def discard(self, path: str, identity: tuple) -> None:
+        """Let go of the reader opened for this identity: it saw files half written,
+        and the next read of that generation must look at them again."""
+        with self._lock:
+            entry = self._entries.pop((path,) + tuple(identity), None)
+            if entry is not None:
+                self._bytes -= entry.bytes
+
     def loaded(self, reader, channel: str, t0: float, t1: float) -> None:
         """`reader` read [t0, t1) of a channel: mef3io now holds the index of every
         segment that overlaps it. Counts those bytes; lets go of older readers

@@ -35,6 +35,14 @@ LISTED_EVERY = 10
 LISTED_WALKS = 4              # and at most this many of them are walked per period
 CLOCK_SLACK = 2.0             # seconds: file times and our clock may disagree by this much
 GROWING = (".tdat", ".tidx")  # files a writer only ever appends to
+# A read that says a session was written anew while its files say it only grew is
+# believed once the files have not changed for this long: mef3io's Writer appends a
+# block in five steps (data, index entry, both headers rewritten in place, metadata
+# renamed), and a read between two of them can miss a channel (CI saw a held handle
+# get ESTALE from an append that way).
+SETTLE = 0.5
+STUCK = 30.0                  # seconds, with an index entry half written (a writer that died mid-append)
+INDEX_HEADER, INDEX_ENTRY = 1024, 56     # a .tidx: the universal header, then one entry per block
 MEF_FILES = GROWING + (".tmet", ".rdat", ".ridx")   # writers' temporary files are not looked at
 
 
@@ -56,6 +64,11 @@ class Signature:
     def newest(self) -> float:
         """The latest modification time of any of the files, in seconds (0: none)."""
         return float(self.values[:, 2].max()) / 1e9 if len(self.values) else 0.0
+
+    def half_written(self) -> bool:
+        """Is an index file's last entry (or its header) not all there yet?"""
+        return any(name.endswith(".tidx") and (size < INDEX_HEADER or (size - INDEX_HEADER) % INDEX_ENTRY)
+                   for name, (_, size, _) in self.files().items())
 
     def files(self) -> dict:
         names = self.names.split("\0") if self.names else []
@@ -108,6 +121,19 @@ def grew(old: Signature | None, new: Signature) -> bool:
             if now is None or now[0] != ino or now[1] < size:
                 return False
     return True
+
+
+def settled(session, sig: Signature, now: float | None = None) -> bool:
+    """May a read of `sig` that contradicts its files (they say `session` grew) be
+    believed? Only once the same signature has held for SETTLE seconds: a writer
+    caught half-way makes the next check see other files. The verdict is one that
+    cannot be taken back (open handles get ESTALE), so it waits for a quiet session."""
+    now = time.monotonic() if now is None else now
+    seen = session.doubt
+    if seen is None or seen[0] != sig:
+        session.doubt = (sig, now)
+        return False
+    return now - seen[1] >= (STUCK if sig.half_written() else SETTLE)
 
 
 class Refresher:

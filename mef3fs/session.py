@@ -48,6 +48,7 @@ class Session:
     read_at: float = field(default_factory=time.time)   # wall clock when its metadata was read
     superseded_by: "Session | None" = None
     compatible: bool = False
+    doubt: tuple | None = None    # (signature, since): a read said "written anew" while its files said "grew"
     ahead: bool = False           # opened (by the statahead or a request) and not yet used by a request
     on_files_changed: object = lambda rels: None    # the namespace drops the kernel's caches of these
     _lock: object = field(default_factory=threading.Lock, repr=False)

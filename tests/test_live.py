@@ -17,6 +17,7 @@ import errno
 import json
 import mmap
 import os
+import shutil
 import time
 
 import numpy as np
@@ -24,6 +25,8 @@ import pytest
 
 import mef3io
 
+from mef3fs.refresh import SETTLE, STUCK, settled, signature as take_signature
+from mef3fs.session import Session
 from tests.conftest import read_info, read_stats
 from tests.sessions import T0, _reader, _rng, _signal
 
@@ -112,6 +115,73 @@ def test_blocks_appended_to_a_segment_show_everywhere(live, mount_fs):
         mapped.close()
         mapped_file.close()
         held.close()
+
+
+def _in_place(file, data: bytes) -> None:
+    """Write a file's new bytes into the same inode, as an appending writer leaves it."""
+    with open(file, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
+
+
+def test_an_append_caught_half_way_is_not_a_new_session(live, mount_fs, tmp_path):
+    """mef3io's Writer appends a block in steps (data, index entry, headers, metadata).
+    A refresh between two of them must not take the session for one written anew:
+    that verdict cannot be taken back, and a handle held open would get ESTALE."""
+    src, path, rng = live
+    m = mount_fs(src, "--refresh", REFRESH, "--workers", "1")
+    sdir = m.root / "live.mefd"
+    n = 256 * 25
+    with open(sdir / "B.f32", "rb") as held:
+        held.read()
+        with mef3io.Writer(str(path), units="uV") as w:     # a whole append first: the mount
+            w.write("A", _signal(rng, 256 * 5), T0 + 20_000_000, fs=256.0, precision=3)
+        wait_for("the new size", lambda: os.stat(sdir / "B.f32").st_size == 4 * n)   # watches its files now
+        held.seek(0)
+        before = held.read()                      # B's blocks are in the index cache
+        after = tmp_path / "after.mefd"           # what the next append leaves
+        shutil.copytree(path, after)
+        with mef3io.Writer(str(after), units="uV") as w:
+            w.write("B", _signal(rng, 256 * 10), T0 + 10_000_000, fs=256.0, precision=3)
+        seg = "B.timd/B-000000.segd/B-000000"
+        old_data, old_index = (path / f"{seg}.tdat").read_bytes(), (path / f"{seg}.tidx").read_bytes()
+        new_data, new_index = (after / f"{seg}.tdat").read_bytes(), (after / f"{seg}.tidx").read_bytes()
+        _in_place(path / f"{seg}.tdat", old_data + new_data[len(old_data):])    # the block, not the header
+        _in_place(path / f"{seg}.tidx", new_index[:len(old_index) + 20])        # its entry half written
+        time.sleep(8 * float(REFRESH))            # refreshes see it, and see it stay
+        held.seek(0)
+        assert held.read() == before              # still the session as it was: no ESTALE
+        assert "B.f32" in os.listdir(sdir)
+        for ext in ("tidx", "tdat"):              # the writer finishes: headers, then metadata
+            _in_place(path / f"{seg}.{ext}", (after / f"{seg}.{ext}").read_bytes())
+        (path / f"{seg}.tmet.tmp").write_bytes((after / f"{seg}.tmet").read_bytes())
+        os.replace(path / f"{seg}.tmet.tmp", path / f"{seg}.tmet")
+        ref_b = ref_of(path, "B")
+        assert len(ref_b) == n and not np.isnan(ref_b[256 * 10:256 * 20]).any()
+
+        def held_reads_it():
+            held.seek(0)
+            return same_bits(np.frombuffer(held.read(), dtype="<f4"), ref_b)
+        wait_for("the appended block through the held handle", held_reads_it)
+    assert same_bits(np.fromfile(sdir / "A.f32", dtype="<f4"), ref_of(path, "A"))
+
+
+def test_a_contradicting_read_is_believed_only_once_the_files_stay_put(live):
+    """refresh.settled: SETTLE seconds of the same signature, STUCK with an index entry half written."""
+    _, path, _ = live
+    session = Session(str(path), str(path))
+    sig = take_signature(str(path))
+    assert not settled(session, sig, now=100.0)                 # first seen: not yet
+    assert not settled(session, sig, now=100.0 + SETTLE / 2)
+    assert settled(session, sig, now=100.0 + SETTLE)
+    index = next(path.rglob("*.tidx"))
+    with open(index, "ab") as f:
+        f.write(b"\0" * 20)                                    # an entry half written
+    half = take_signature(str(path))
+    assert half != sig and half.half_written() and not sig.half_written()
+    assert not settled(session, half, now=200.0)                # the files changed: the clock starts again
+    assert not settled(session, half, now=200.0 + SETTLE)
+    assert settled(session, half, now=200.0 + STUCK)
 
 
 def test_new_segments_and_channels_appear(live, mount_fs):
