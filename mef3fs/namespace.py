@@ -22,9 +22,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .index import still_the_same
+from .growth import changed_since_read, grew, settled, why_not_grown
 from .passthrough import PassthroughFile
-from .refresh import grew, settled, signature as take_signature
+from .refresh import signature as take_signature
 from .session import Opener, Session, session_identity
 
 log = logging.getLogger("mef3fs.namespace")
@@ -172,7 +172,7 @@ class Namespace:
         """The opened session at a real path; opened once, concurrent callers
         wait. When its folder or archive changed on disk (another inode or
         mtime), it is read again: as the next generation if it only grew, as
-        a different session if it was written anew (refresh.grew). `ahead`:
+        a different session if it was written anew (growth.py). `ahead`:
         opened by the statahead, not for a request (statahead.py)."""
         s = self._session(real, identity, mount_path, ahead)
         if s.ahead and not ahead:          # a request opened it, or first used one opened ahead
@@ -259,10 +259,7 @@ class Namespace:
                 self._opener.readers.discard(real, new.decode_identity)
                 return []
             if growth:
-                if not _same_grid(old, new):
-                    why = "a channel is gone, or the grid start or a rate changed"
-                elif not self._same_blocks(old, new):
-                    why = "blocks read from it before are not there now"
+                why = why_not_grown(old, new, self._opener.readers, self._opener.index)
                 if why:
                     if not settled(old, signature):
                         log.debug("refresh of %s postponed: %s, but its files only grew; "
@@ -288,28 +285,7 @@ class Namespace:
         return [root + "/" + rel for root in roots for rel in rels]
 
     def changed_since_read(self, session: Session) -> bool:
-        """Does the session on disk differ from its metadata as read (channels,
-        segments, their blocks and samples)? A fresh reader's answer."""
-        if not session.ok:
-            return False
-        try:
-            reader = self._opener.readers.fresh(session.path)
-            now = {n: [(s["segment"], s["start_time"], s["end_time"], s["number_of_samples"],
-                        s["number_of_blocks"]) for s in reader.segments(n)] for n in reader.channels}
-        except Exception:
-            return True
-        then = {c.name: [(s["segment"], s["start_time"], s["end_time"], s["number_of_samples"],
-                          s["number_of_blocks"]) for s in c.segments] for c in session.meta.channels}
-        return any(now.get(name) != segs for name, segs in then.items()) or \
-            bool(set(now) - set(then) - {d["name"] for d in session.meta.left_out})
-
-    def _same_blocks(self, old: Session, new: Session) -> bool:
-        try:
-            reader = self._opener.readers.get(new.path, new.decode_identity)
-            return still_the_same(old.meta, reader, self._opener.index)
-        except Exception as exc:        # cannot tell: then it is not the same session
-            log.debug("comparing %s with what it was: %s", old.shown_path, exc)
-            return False
+        return changed_since_read(session, self._opener.readers)
 
     def _cached_paths(self, session: Session) -> list[str]:
         """Mount paths of every file and folder of a session (what the kernel may cache)."""
@@ -447,11 +423,3 @@ class Namespace:
                                        file=session.files[rel])))
         return out
 
-
-def _same_grid(old: Session, new: Session) -> bool:
-    """Does every file of `old` keep its meaning in `new`: same grid start, and
-    every channel still there at the same rate?"""
-    if old.meta is None or new.meta is None or old.meta.t0 != new.meta.t0:
-        return False
-    rates = {c.name: c.fs for c in new.meta.channels}
-    return all(rates.get(c.name) == c.fs for c in old.meta.channels)

@@ -8,10 +8,7 @@ session again (namespace.py) and swaps it in; the kernel's cached pages and
 attributes of its files are dropped, so sizes, info.json and NaN samples
 that turned into data are seen, and open handles follow the new session.
 
-A change is *growth* when every data and index file is still the same file
-(inode) and none shrank: appended blocks, new segments, new channels, new
-records. Anything else (a session written again in place, a channel gone)
-makes it a different session: nothing of the old one is served again.
+Whether a change is growth or a different session is growth.py's question.
 """
 
 from __future__ import annotations
@@ -24,6 +21,9 @@ import time
 
 import numpy as np
 
+from .growth import GROWING
+from .index import INDEX_ENTRY, INDEX_HEADER
+
 log = logging.getLogger("mef3fs.refresh")
 
 DEFAULT_PERIOD = 1.0          # seconds between checks of a session in use
@@ -34,15 +34,6 @@ IN_USE = 30.0                 # seconds after its last lookup that a session sti
 LISTED_EVERY = 10
 LISTED_WALKS = 4              # and at most this many of them are walked per period
 CLOCK_SLACK = 2.0             # seconds: file times and our clock may disagree by this much
-GROWING = (".tdat", ".tidx")  # files a writer only ever appends to
-# A read that says a session was written anew while its files say it only grew is
-# believed once the files have not changed for this long: mef3io's Writer appends a
-# block in five steps (data, index entry, both headers rewritten in place, metadata
-# renamed), and a read between two of them can miss a channel (CI saw a held handle
-# get ESTALE from an append that way).
-SETTLE = 0.5
-STUCK = 30.0                  # seconds, with an index entry half written (a writer that died mid-append)
-INDEX_HEADER, INDEX_ENTRY = 1024, 56     # a .tidx: the universal header, then one entry per block
 MEF_FILES = GROWING + (".tmet", ".rdat", ".ridx")   # writers' temporary files are not looked at
 
 
@@ -105,35 +96,6 @@ def signature(path: str) -> Signature:
                 continue
             out[name] = (s.st_ino, s.st_size, s.st_mtime_ns)
     return Signature(out)
-
-
-def grew(old: Signature | None, new: Signature) -> bool:
-    """Could `new` be the same session as `old` with more written to it? Every data
-    and index file still the same file, none shorter (metadata and record files
-    are rewritten by writers, and may come and go). Without an old signature
-    (never in use), only the blocks read from it can tell (index.still_the_same)."""
-    if old is None:
-        return True
-    old, new = old.files(), new.files()
-    for name, (ino, size, _) in old.items():
-        if name.endswith(GROWING) or name == "":
-            now = new.get(name)
-            if now is None or now[0] != ino or now[1] < size:
-                return False
-    return True
-
-
-def settled(session, sig: Signature, now: float | None = None) -> bool:
-    """May a read of `sig` that contradicts its files (they say `session` grew) be
-    believed? Only once the same signature has held for SETTLE seconds: a writer
-    caught half-way makes the next check see other files. The verdict is one that
-    cannot be taken back (open handles get ESTALE), so it waits for a quiet session."""
-    now = time.monotonic() if now is None else now
-    seen = session.doubt
-    if seen is None or seen[0] != sig:
-        session.doubt = (sig, now)
-        return False
-    return now - seen[1] >= (STUCK if sig.half_written() else SETTLE)
 
 
 class Refresher:

@@ -25,7 +25,8 @@ import pytest
 
 import mef3io
 
-from mef3fs.refresh import SETTLE, STUCK, settled, signature as take_signature
+from mef3fs.growth import SETTLE, STUCK, settled
+from mef3fs.refresh import signature as take_signature
 from mef3fs.session import Session
 from tests.conftest import read_info, read_stats
 from tests.sessions import T0, _reader, _rng, _signal
@@ -167,7 +168,7 @@ def test_an_append_caught_half_way_is_not_a_new_session(live, mount_fs, tmp_path
 
 
 def test_a_contradicting_read_is_believed_only_once_the_files_stay_put(live):
-    """refresh.settled: SETTLE seconds of the same signature, STUCK with an index entry half written."""
+    """growth.settled: SETTLE seconds of the same signature, STUCK with an index entry half written."""
     _, path, _ = live
     session = Session(str(path), str(path))
     sig = take_signature(str(path))
