@@ -52,7 +52,7 @@ def why_not_grown(old, new, readers, index) -> str:
     if any(rates.get(c.name) != c.fs for c in old.meta.channels):
         return "a channel is gone or changed its rate"
     try:
-        if not still_the_same(old.meta, readers.get(new.path, new.decode_identity), index):
+        if not still_the_same(old.meta, readers.get(*new.reader_at), index):
             return "blocks read from it before are not there now"
     except Exception as exc:            # cannot tell: then it is not the same session
         log.debug("comparing %s with what it was: %s", old.shown_path, exc)
@@ -78,7 +78,7 @@ def changed_since_read(session, readers) -> bool:
     if not session.ok:
         return False
     try:
-        reader = readers.fresh(session.path)
+        reader = readers.fresh(session.reader_at[0])
         now = {n: [(s["segment"], s["start_time"], s["end_time"], s["number_of_samples"],
                     s["number_of_blocks"]) for s in reader.segments(n)] for n in reader.channels}
     except Exception:

@@ -256,7 +256,8 @@ class Namespace:
             if growth and not new.ok:
                 # caught half-way through a write: keep what we have, look again next time
                 log.debug("refresh of %s postponed: %s", old.shown_path, new.error)
-                self._opener.readers.discard(real, new.decode_identity)
+                if new.reader_at is not None:
+                    self._opener.readers.discard(*new.reader_at)
                 return []
             if growth:
                 why = why_not_grown(old, new, self._opener.readers, self._opener.index)
@@ -264,7 +265,7 @@ class Namespace:
                     if not settled(old, signature):
                         log.debug("refresh of %s postponed: %s, but its files only grew; "
                                   "deciding once they stop changing", old.shown_path, why)
-                        self._opener.readers.discard(real, new.decode_identity)
+                        self._opener.readers.discard(*new.reader_at)
                         return []
                     growth = False
                     new = read_again(False)

@@ -49,6 +49,9 @@ class Session:
     superseded_by: "Session | None" = None
     compatible: bool = False
     doubt: tuple | None = None    # (signature, since): a read said "written anew" while its files said "grew"
+    # (path, identity) its metadata reader was opened with: a readable view's (readable.py)
+    # when a channel folder was closed to us; what a refresh compares it through
+    reader_at: tuple | None = None
     ahead: bool = False           # opened (by the statahead or a request) and not yet used by a request
     on_files_changed: object = lambda rels: None    # the namespace drops the kernel's caches of these
     _lock: object = field(default_factory=threading.Lock, repr=False)
@@ -124,6 +127,7 @@ class Opener:
         try:
             _check_readable(path)
             open_path, decode_identity, denied = path, session.decode_identity, []
+            session.reader_at = (open_path, decode_identity)
             try:
                 reader = self.readers.get(path, decode_identity)
             except Exception as exc:
@@ -131,6 +135,7 @@ class Opener:
                     raise
                 open_path, denied = readable_view(path, self.scratch)
                 decode_identity = session_identity(open_path) + (generation,)
+                session.reader_at = (open_path, decode_identity)
                 reader = self.readers.get(open_path, decode_identity)
             meta = read_meta(reader, path, shown_path, session.keyspace, decode_identity,
                              self.password, self.tile_seconds, self.index, self.inside,

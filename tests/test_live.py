@@ -29,6 +29,7 @@ from mef3fs.growth import SETTLE, STUCK, settled
 from mef3fs.refresh import signature as take_signature
 from mef3fs.session import Session
 from tests.conftest import read_info, read_stats
+from tests.test_trust import NO_DAC
 from tests.sessions import T0, _reader, _rng, _signal
 
 REFRESH = "0.2"
@@ -165,6 +166,37 @@ def test_an_append_caught_half_way_is_not_a_new_session(live, mount_fs, tmp_path
             return same_bits(np.frombuffer(held.read(), dtype="<f4"), ref_b)
         wait_for("the appended block through the held handle", held_reads_it)
     assert same_bits(np.fromfile(sdir / "A.f32", dtype="<f4"), ref_of(path, "A"))
+
+
+def test_a_session_with_a_channel_we_may_not_read_grows_in_place(live, wrapped_mount):
+    """A session opened through a readable view (a channel folder the daemon may not
+    list) is compared, when it grows, through that view: read through the session's
+    own path, every growth failed to open and was taken for a session written anew,
+    so a handle held open got ESTALE at every append."""
+    src, path, rng = live
+    with mef3io.Writer(str(path), units="uV") as w:
+        w.write("E", _signal(rng, 256 * 20), T0, fs=256.0, precision=3)
+    os.chmod(path / "E.timd", 0)
+    try:
+        m = wrapped_mount(src, "--refresh", REFRESH, "--workers", "1", prefix=NO_DAC)
+        sdir = m.root / "live.mefd"
+        assert [c["name"] for c in read_info(sdir)["left_out"]] == ["E"]
+        with open(sdir / "B.f32", "rb") as held:
+            assert len(held.read()) == 4 * 256 * 20
+            time.sleep(4 * float(REFRESH))          # in use: its files are watched from here
+            for k in range(2):                      # each append is growth, the handle stays good
+                with mef3io.Writer(str(path), units="uV") as w:
+                    w.write("A", _signal(rng, 256 * 5), T0 + (20 + 5 * k) * 1_000_000, fs=256.0, precision=3)
+                n = 256 * (25 + 5 * k)
+                wait_for("the new size", lambda: os.stat(sdir / "A.f32").st_size == 4 * n)
+                time.sleep(8 * float(REFRESH) + SETTLE)     # a verdict "written anew" would have come
+                held.seek(0)
+                got = np.frombuffer(held.read(), dtype="<f4")   # ESTALE if it were another session
+                assert len(got) == n and same_bits(got, ref_of(path, "B"))
+        assert same_bits(np.fromfile(sdir / "A.f32", dtype="<f4"), ref_of(path, "A"))
+        assert read_stats(m)["decode_errors"] == 0
+    finally:
+        os.chmod(path / "E.timd", 0o755)
 
 
 def test_a_contradicting_read_is_believed_only_once_the_files_stay_put(live):
