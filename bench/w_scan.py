@@ -6,7 +6,9 @@ calls; then (same mount) the page cache dropped again and everything read
 again, which is served by the tile cache ("warm re-read from the tile
 cache"); then once more with the page cache warm. On another fresh mount,
 rates/<fs>Hz.npy of each recording, the (channels, samples) matrix, read the
-same way. A full run makes ROUNDS pairs of direct and mount scans and takes
+same way. On a third fresh mount, every `.f32` read start to end through
+np.memmap (a page fault a page, what a script computing over a mapped
+channel does), cold and then from the tile cache. A full run makes ROUNDS pairs of direct and mount scans and takes
 the median of their ratios (the re-reads run once, after the last).
 Direct: `mef3io.Reader(path, n_threads=0).read(ch, dtype="float32")` per
 channel (the `.f32` scan's counterpart) and one `read(all channels)` call
@@ -19,7 +21,7 @@ import explain
 import server
 import numpy as np
 
-from common import MiB, Watchdog, drop_caches, f1, log, msps, now, scan_files, stats_delta, TreeCpu
+from common import MiB, Watchdog, drop_caches, f1, log, memmap_scan, msps, now, scan_files, stats_delta, TreeCpu
 
 STEP_S = 60          # mef3io-server scan window
 ROUNDS = 2           # pairs of cold scans (direct, then mount) in a full run
@@ -117,6 +119,9 @@ def run(b) -> None:
         with b.mount(b.seq_src, "scan-npy") as m:
             m.wait_workers()
             _mount_scan(b, m, M, "npy", lambda mnt, meta: [b.npy_path(mnt, meta)])
+    with b.mount(b.seq_src, "scan-memmap") as m:
+        m.wait_workers()
+        _memmap_scans(b, m, M)
     _server(b, R)
 
 
@@ -135,6 +140,22 @@ def _rereads(b, m, M: dict) -> None:
         for key, meta in b.meta.items():
             by, s = scan_files(b.f32_paths(m.mnt, meta))
             M[f"{key}_pagecache"] = {"bytes": by, "s": s, "msps": msps(by / 4, s)}
+
+
+def _memmap_scans(b, m, M: dict) -> None:
+    """Cold, then (page cache dropped) from the tile cache: the memmap rows."""
+    for phase in ("cold", "tilecache"):
+        s0 = m.stats()
+        drop_caches()
+        with Watchdog(600, m.kill, f"{phase} memmap read-through"):
+            for key, meta in b.meta.items():
+                by, s = memmap_scan(b.f32_paths(m.mnt, meta))
+                s1 = m.stats()
+                M[f"{key}_memmap_{phase}"] = {"bytes": by, "s": s, "msps": msps(by / 4, s),
+                                              "stats": stats_delta(s0, s1),
+                                              "trace": explain.summarize(m.trace_lines())}
+                s0 = s1
+                log(f"    mount {phase} memmap read-through {key}: {msps(by / 4, s):.1f} Msamp/s")
 
 
 def _server(b, R: dict) -> None:
@@ -190,6 +211,19 @@ def rows(b) -> list:
             tr = get(M, f"{key}_{kind}", "trace")
             if tr:
                 b.note(name, explain.sentence({**tr, "stats": explain.summarize([], st)["stats"]}))
+    for key in b.meta:
+        cold, warm = get(M, f"{key}_memmap_cold"), get(M, f"{key}_memmap_tilecache")
+        d3 = get(D, key, "mef3io", "msps")
+        name = f"Read-through of every .f32 with np.memmap, cold / from the tile cache, {b.name(key)}"
+        out.append({"workload": name + " (Msamp/s)",
+                    "mount": f"{f1(cold['msps'])} ({f1(cold['msps'] / d3, 2) if d3 else '—'}x) / "
+                             f"{f1(warm['msps'])}" if cold and warm else "error",
+                    "direct": f"{f1(d3)} (per channel, as the .f32 scan)", "mef_tools": "—", "server": "—",
+                    "target": "(information: the scan targets are read()'s)", "met": None})
+        for phase, w in (("cold", cold), ("from the tile cache", warm)):
+            if w and w.get("trace"):
+                b.note(f"{name}, {phase}", explain.sentence({**w["trace"],
+                                                            "stats": explain.summarize([], w["stats"])["stats"]}))
     for key in b.meta:
         w = get(M, f"{key}_tilecache")
         pc = get(M, f"{key}_pagecache", "msps")

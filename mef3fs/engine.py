@@ -33,7 +33,7 @@ log = logging.getLogger("mef3fs.engine")
 # Tiles at most this many samples are decoded in the calling thread: below
 # ~1 ms of decoding, the round trip to a worker costs more than it saves.
 INPROCESS_SAMPLES = 4096
-SMALL_REQUEST = 32 << 10       # bytes: requests this small are page faults (a memmap), not read()
+WHOLE_SCAN = 1 << 20           # bytes: a channel at least this long read through is scanned, not windowed
 WORKERS_PER_CPU = 4            # --workers above this many per CPU is refused
 QUIET = 0.002                  # seconds without a FUSE read: the reader paused (see Engine.plan)
 DEFER_AT_MOST = 0.02           # seconds read-ahead of the next window waits for such a pause
@@ -322,18 +322,14 @@ class ReadContext:
             w.flight = flights.get(w.tiles.key + (w.i,))
         return [(off, w) for off, w in pairs if w.flight is not None]
 
-    def push_stream(self, lo: int, hi: int, direction: int, size: int) -> None:
-        """A stream of page faults (a memmap read through, `size` bytes a request) gets its
-        read-ahead [lo, hi) put into the page cache, from a little ahead of the reader (it
-        would race us for the nearest pages) to a little before the far end (the reader's
-        read there reaches us and carries the stream on). Big read() calls come as big
-        requests: for them a FUSE read costs about what storing would."""
+    def push_stream(self, lo: int, hi: int) -> bool:
+        """Bytes [lo, hi) of this open's file into its page cache once their tiles land
+        (readahead.py says which); False when nothing can be pushed for it."""
         pc = self.engine.pagecache
-        if pc is None or not pc.on or size > SMALL_REQUEST or not self.samples_file:
-            return
-        margin = max(64 << 10, 16 * size)
-        if hi - lo > 2 * margin:
-            pc.push_bytes(self, lo + margin, hi - margin)
+        if pc is None or not pc.on or not self.samples_file:
+            return False
+        pc.push_bytes(self, lo, hi)
+        return True
 
     def store_whole(self, data: bytes) -> bool:
         """This open's file is `data`, made whole: into the page cache before the open
@@ -341,15 +337,21 @@ class ReadContext:
         pc = self.engine.pagecache
         return pc is not None and pc.on and pc.store_file(self, data)
 
-    def prefetch_next_channel(self) -> None:
-        """A stream reached the end of a channel file: the next channel of its rate
-        group (in info.json's order) is likely read next; its first tiles go ahead."""
+    def stream_reached_end(self) -> None:
+        """A stream's read-ahead reached the end of a channel file: a scan, even when the
+        channel is shorter than any window (read through, 5 min or less became the group's
+        first window, and the next channel's read fanned all of it out; the followers'
+        page faults then came one FUSE read a page). The next channel of its rate group
+        (in info.json's order) is likely read next: its first tiles go ahead."""
         rows = getattr(self.file, "rows", None)
         if not self.samples_file or not rows or len(rows) != 1:
             return
         group = group_of(rows[0])
         if group is None:
             return
+        if not self.streaming and 4 * rows[0].n >= WHOLE_SCAN:
+            self.streaming = True
+            group.scanned(rows[0])
         keys = [r.key for r in group.rows]
         k = keys.index(rows[0].key) + 1 if rows[0].key in keys else len(keys)
         if k < len(keys):

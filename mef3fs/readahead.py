@@ -9,7 +9,10 @@ stream starts one, and the stream it displaces has its read-ahead
 cancelled. A stream of page faults (a memmap read through) has what it
 reads ahead put into the kernel's page cache as it lands (pagecache.py),
 but for its far end: the reader's read there reaches us and carries the
-stream on. A handful are tracked because a memmap or several threads
+stream on. What is pushed runs a margin ahead of the reader (it would race
+us for the nearest pages) and goes out in batches: a stream still growing
+asks for read-ahead a few pages at a time, and stores that small cost what
+the faults would. A handful are tracked because a memmap or several threads
 interleave several. A channel whose group is being read window by window
 gets no stream read-ahead: the windows say better what comes next.
 """
@@ -26,10 +29,13 @@ MIN_WINDOW = 128 << 10        # bytes: the first stream window once a run is see
 MIN_RUN = 256 << 10           # bytes a run must have read before a stream reads ahead
 SLACK = 128 << 10             # kernel readahead may reorder requests by this much
 BATCHES = 4                   # a widest window is topped up a quarter at a time
+FAULT_REQUEST = 32 << 10      # bytes: requests this small are page faults (a memmap), not read()
+PUSH_MARGIN = 64 << 10        # bytes between a faulting reader and what is pushed for it
+PUSH_BATCH = 256 << 10        # bytes: pushes go out once this much is due
 
 
 class _Stream:
-    __slots__ = ("start", "end", "origin", "direction", "window", "horizon", "tokens")
+    __slots__ = ("start", "end", "origin", "direction", "window", "horizon", "tokens", "pushed")
 
     def __init__(self, start: int, end: int):
         self.start, self.end = start, end
@@ -38,6 +44,7 @@ class _Stream:
         self.window = 0
         self.horizon = None       # how far read-ahead has been requested already
         self.tokens = collections.deque()   # (file offset, cancel token) of scheduled tiles
+        self.pushed = None        # how far pushes into the page cache have been asked for
 
 
 class ReadAhead:
@@ -65,7 +72,7 @@ class ReadAhead:
         self._streams.remove(stream)
         self._streams.append(stream)            # most recently used last
         if stream.direction not in (0, direction):
-            stream.window, stream.horizon = 0, None
+            stream.window, stream.horizon, stream.pushed = 0, None, None
             stream.origin = (offset, end)
         stream.direction = direction
         if direction > 0:
@@ -88,18 +95,21 @@ class ReadAhead:
             stream.window = min(self._max, max(stream.window, MIN_WINDOW, 2 * size,
                                                2 * self._ctx.tile_bytes(offset),
                                                min(2 * stream.window, 2 * run)))
-        self._schedule(stream)
+        self._schedule(stream, size)
 
     def _match(self, offset: int, end: int, tol: int):
         """The stream this read continues, and which way: forward runs first,
-        so a late request inside a forward run is never taken for a backward one."""
+        so a late request inside a forward run is never taken for a backward one.
+        A faulting reader comes back to us past what was pushed for it."""
         for s in reversed(self._streams):
             lo = s.start - tol if s.direction > 0 else s.start
-            if s.direction >= 0 and lo <= offset <= s.end + tol:
+            reached = s.end if s.pushed is None or s.direction < 0 else max(s.end, s.pushed)
+            if s.direction >= 0 and lo <= offset <= reached + tol:
                 return s, 1
         for s in reversed(self._streams):
             hi = s.end + tol if s.direction < 0 else s.end
-            if s.direction <= 0 and (s.direction < 0 or offset < s.start) and s.start - tol <= end <= hi:
+            reached = s.start if s.pushed is None or s.direction > 0 else min(s.start, s.pushed)
+            if s.direction <= 0 and (s.direction < 0 or offset < s.start) and reached - tol <= end <= hi:
                 return s, -1
         return None, 0
 
@@ -128,7 +138,9 @@ class ReadAhead:
         lo, hi = self._unasked(s)
         return s.window < self._max or hi - lo >= s.window // BATCHES
 
-    def _schedule(self, s: _Stream) -> None:
+    def _schedule(self, s: _Stream, request: int) -> None:
+        """`request`: the size of the read that carried the stream on (a page fault's
+        is small, and what such a stream reads ahead goes into the page cache)."""
         size = self._file.size
         lo, hi = self._unasked(s)
         lo, hi = max(0, lo), min(size, hi)
@@ -142,9 +154,27 @@ class ReadAhead:
         for offset, token in got:
             s.tokens.append((offset, token))
         if s.direction > 0 and hi >= size:
-            self._ctx.prefetch_next_channel()   # a scan of one channel after another
-        self._ctx.push_stream(lo, hi, s.direction, size)
+            self._ctx.stream_reached_end()      # a scan, maybe of one channel after another
+        if request <= FAULT_REQUEST:      # big read() requests cost what storing would
+            self._push(s)
         log.debug("read-ahead %s [%d, %d) window %d", self._file.label, lo, hi, s.window)
+
+    def _push(self, s: _Stream) -> None:
+        """What the stream has asked for, from PUSH_MARGIN past the reader to PUSH_MARGIN
+        short of the horizon (or to the file's end), as far as not pushed yet."""
+        size = self._file.size
+        if s.direction > 0:
+            lo = max(s.end + PUSH_MARGIN, s.pushed or 0)
+            hi = size if s.horizon >= size else s.horizon - PUSH_MARGIN
+            if hi - lo >= PUSH_BATCH or (hi == size and hi > lo):
+                if self._ctx.push_stream(lo, hi):
+                    s.pushed = hi
+        else:
+            hi = min(s.start - PUSH_MARGIN, size if s.pushed is None else s.pushed)
+            lo = 0 if s.horizon <= 0 else s.horizon + PUSH_MARGIN
+            if hi - lo >= PUSH_BATCH or (lo == 0 and hi > lo):
+                if self._ctx.push_stream(lo, hi):
+                    s.pushed = lo
 
     def _forget_behind(self, s: _Stream) -> None:
         """Tokens the stream has passed are not cancelled later; forget them."""

@@ -318,6 +318,45 @@ def test_a_run_reads_ahead_no_more_than_twice_what_it_read(mount_fs, long_source
     assert 0 < ahead <= 4 + 2 * 4 + 1, dd
 
 
+def test_a_memmap_read_through_gets_its_pages_pushed(mount_fs, long_source):
+    """np.memmap of each channel read start to end, one channel after the other: page
+    faults of 4 KiB, each a FUSE read unless what the stream reads ahead is stored
+    into the page cache ahead of the reader. The tiles are decoded first (a read()
+    scan) and the files' pages dropped, so only the pushes decide how many faults
+    reach us. Two bugs made every fault a FUSE read: the push was never reached
+    (the stream passed the file's size where the request's was meant); and a
+    channel of 60 s read through became the group's first window, so the second
+    channel's read fanned it out and the channels after it read window by window,
+    with no stream."""
+    m = mount_ready(mount_fs, long_source, "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    for ch in LONG_CHANNELS:
+        with open(d / f"{ch}.f32", "rb", buffering=0) as f:
+            while f.read(8 << 20):
+                pass
+    settle(m)
+    for ch in LONG_CHANNELS:
+        with open(d / f"{ch}.f32", "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    for ch in LONG_CHANNELS:
+        path = d / f"{ch}.f32"
+        pages = -(-os.path.getsize(path) // 4096)
+        before = read_stats(m)
+        mm = np.memmap(path, dtype="<f4", mode="r")
+        try:
+            got = np.array(mm)                  # start to end, a fault a page
+            after = settle(m)
+        finally:
+            mm._mmap.close()
+        assert_same_bytes(got.tobytes(), reference(session, ch).tobytes(), f"{ch}.f32 through np.memmap")
+        dd = delta(after, before, "hits", "misses", "push_bytes", "tiles_decoded", "windows")
+        assert dd["tiles_decoded"] == 0, (ch, dd)
+        # a FUSE read looks up a tile or two: before the fixes, every page reached us
+        assert dd["hits"] + dd["misses"] <= pages // 4, (ch, pages, dd)
+        assert dd["push_bytes"] >= os.path.getsize(path) // 2 and dd["windows"] == 0, (ch, dd)
+
+
 # ---------------------------------------------------------------------------
 # paging: the next window of every channel, and a jump back
 # ---------------------------------------------------------------------------
