@@ -240,12 +240,16 @@ class TileCache:
 
     def pending(self, tiles, s0: int, s1: int) -> list:
         """Tickets still decoding tiles of [s0, s1) of a channel."""
+        return [ticket for _, ticket in self.pending_from(tiles, s0, s1)]
+
+    def pending_from(self, tiles, s0: int, s1: int) -> list:
+        """(first sample, ticket) of the tiles of [s0, s1) of a channel still decoding."""
         with self._lock:
             out = []
             for i in tiles.tiles_for(s0, s1):
                 f = self._flights.get(tiles.key + (i,))
                 if f is not None and f.ticket is not None:
-                    out.append(f.ticket)
+                    out.append((tiles.bounds(i)[0], f.ticket))
             return out
 
     # -- read-ahead ---------------------------------------------------------
