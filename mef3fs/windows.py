@@ -91,6 +91,12 @@ class InStep:
         m = self._members.get(tiles.key)
         return now - self._t_fanned < STALE and m is not None and now - m[0] < STALE
 
+    def alone(self, tiles) -> bool:
+        """Is this channel the only one of its group open? (A read-through of one
+        channel after another; a viewer opens every channel it draws.)"""
+        with self._lock:
+            return all(c is None or c.closed for k, (_, c) in self._members.items() if k != tiles.key)
+
     def width(self) -> int:
         return self._width
 
