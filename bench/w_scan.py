@@ -126,17 +126,9 @@ def run(b) -> None:
 
 
 def _rereads(b, m, M: dict) -> None:
-    s0 = m.stats()
     with Watchdog(300, m.kill, "re-reads through the mount"):
         drop_caches()
-        for key, meta in b.meta.items():
-            by, s = scan_files(b.f32_paths(m.mnt, meta))
-            s1 = m.stats()
-            M[f"{key}_tilecache"] = {"bytes": by, "s": s, "msps": msps(by / 4, s),
-                                     "stats": stats_delta(s0, s1),
-                                     "trace": explain.summarize(m.trace_lines())}
-            s0 = s1
-            log(f"    mount re-read from the tile cache {key}: {msps(by / 4, s):.1f} Msamp/s")
+        _each_recording(b, m, M, "tilecache", scan_files, "re-read from the tile cache")
         for key, meta in b.meta.items():
             by, s = scan_files(b.f32_paths(m.mnt, meta))
             M[f"{key}_pagecache"] = {"bytes": by, "s": s, "msps": msps(by / 4, s)}
@@ -145,17 +137,22 @@ def _rereads(b, m, M: dict) -> None:
 def _memmap_scans(b, m, M: dict) -> None:
     """Cold, then (page cache dropped) from the tile cache: the memmap rows."""
     for phase in ("cold", "tilecache"):
-        s0 = m.stats()
         drop_caches()
         with Watchdog(600, m.kill, f"{phase} memmap read-through"):
-            for key, meta in b.meta.items():
-                by, s = memmap_scan(b.f32_paths(m.mnt, meta))
-                s1 = m.stats()
-                M[f"{key}_memmap_{phase}"] = {"bytes": by, "s": s, "msps": msps(by / 4, s),
-                                              "stats": stats_delta(s0, s1),
-                                              "trace": explain.summarize(m.trace_lines())}
-                s0 = s1
-                log(f"    mount {phase} memmap read-through {key}: {msps(by / 4, s):.1f} Msamp/s")
+            _each_recording(b, m, M, f"memmap_{phase}", memmap_scan, f"{phase} memmap read-through")
+
+
+def _each_recording(b, m, M: dict, tag: str, read, what: str) -> None:
+    """Every .f32 of each recording through `read`: M[<key>_<tag>] gets its figures,
+    counters and trace."""
+    s0 = m.stats()
+    for key, meta in b.meta.items():
+        by, s = read(b.f32_paths(m.mnt, meta))
+        s1 = m.stats()
+        M[f"{key}_{tag}"] = {"bytes": by, "s": s, "msps": msps(by / 4, s), "stats": stats_delta(s0, s1),
+                             "trace": explain.summarize(m.trace_lines())}
+        s0 = s1
+        log(f"    mount {what} {key}: {msps(by / 4, s):.1f} Msamp/s")
 
 
 def _server(b, R: dict) -> None:

@@ -322,10 +322,11 @@ class ReadContext:
             w.flight = flights.get(w.tiles.key + (w.i,))
         return [(off, w) for off, w in pairs if w.flight is not None]
 
-    def push_stream(self, lo: int, hi: int) -> bool:
+    def push_stream(self, lo: int, hi: int, since: float) -> bool:
         """Bytes [lo, hi) of this open's file into its page cache once their tiles land
         (readahead.py says which); False when nothing can be pushed for it. Not for a
-        channel read with others of its group open, until it is a scan: that is a
+        channel read with others of its group since `since` (the stream's start), until
+        it is a scan: that is a
         viewer's window, and a push past it would hide the step to the next one from
         the window tracker (32 kHz paging, 0.2 s pauses: p95 113-128 -> 180-207 ms)."""
         pc = self.engine.pagecache
@@ -333,7 +334,7 @@ class ReadContext:
             return False
         rows = self.file.rows
         group = group_of(rows[0]) if len(rows) == 1 else None
-        if group is not None and not self.streaming and not group.alone(rows[0]):
+        if group is not None and not self.streaming and not group.alone(rows[0], since):
             return False
         pc.push_bytes(self, lo, hi)
         return True

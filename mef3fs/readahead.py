@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 
 log = logging.getLogger("mef3fs.readahead")
 
@@ -35,7 +36,7 @@ PUSH_BATCH = 256 << 10        # bytes: pushes go out once this much is due
 
 
 class _Stream:
-    __slots__ = ("start", "end", "origin", "direction", "window", "horizon", "tokens", "pushed")
+    __slots__ = ("start", "end", "origin", "direction", "window", "horizon", "tokens", "pushed", "since")
 
     def __init__(self, start: int, end: int):
         self.start, self.end = start, end
@@ -45,6 +46,7 @@ class _Stream:
         self.horizon = None       # how far read-ahead has been requested already
         self.tokens = collections.deque()   # (file offset, cancel token) of scheduled tiles
         self.pushed = None        # how far pushes into the page cache have been asked for
+        self.since = time.monotonic()   # when the run began
 
 
 class ReadAhead:
@@ -74,6 +76,7 @@ class ReadAhead:
         if stream.direction not in (0, direction):
             stream.window, stream.horizon, stream.pushed = 0, None, None
             stream.origin = (offset, end)
+            stream.since = time.monotonic()
         stream.direction = direction
         if direction > 0:
             stream.start, stream.end = max(stream.start, offset), max(stream.end, end)
@@ -168,13 +171,13 @@ class ReadAhead:
             lo = max(s.end + PUSH_MARGIN, s.pushed or 0)
             hi = size if s.horizon >= size else s.horizon - PUSH_MARGIN
             if hi - lo >= PUSH_BATCH or (hi == size and hi > lo):
-                if self._ctx.push_stream(lo, hi):
+                if self._ctx.push_stream(lo, hi, s.since):
                     s.pushed = hi
         else:
             hi = min(s.start - PUSH_MARGIN, size if s.pushed is None else s.pushed)
             lo = 0 if s.horizon <= 0 else s.horizon + PUSH_MARGIN
             if hi - lo >= PUSH_BATCH or (lo == 0 and hi > lo):
-                if self._ctx.push_stream(lo, hi):
+                if self._ctx.push_stream(lo, hi, s.since):
                     s.pushed = lo
 
     def _forget_behind(self, s: _Stream) -> None:

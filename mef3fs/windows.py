@@ -91,11 +91,14 @@ class InStep:
         m = self._members.get(tiles.key)
         return now - self._t_fanned < STALE and m is not None and now - m[0] < STALE
 
-    def alone(self, tiles) -> bool:
-        """Is this channel the only one of its group open? (A read-through of one
-        channel after another; a viewer opens every channel it draws.)"""
+    def alone(self, tiles, since: float) -> bool:
+        """Is this channel read on its own since `since` (monotonic)? Not when another
+        channel of the group is open and has not read yet (a viewer opens every channel
+        it draws) or has read since. A channel read before and not yet released (the
+        kernel releases a file some time after its last unmap) leaves it alone."""
         with self._lock:
-            return all(c is None or c.closed for k, (_, c) in self._members.items() if k != tiles.key)
+            return all(c is None or c.closed or 0.0 < t < since
+                       for k, (t, c) in self._members.items() if k != tiles.key)
 
     def width(self) -> int:
         return self._width
