@@ -326,9 +326,9 @@ class ReadContext:
         """Bytes [lo, hi) of this open's file into its page cache once their tiles land
         (readahead.py says which); False when nothing can be pushed for it. Not for a
         channel read with others of its group since `since` (the stream's start), until
-        it is a scan: that is a
-        viewer's window, and a push past it would hide the step to the next one from
-        the window tracker (32 kHz paging, 0.2 s pauses: p95 113-128 -> 180-207 ms)."""
+        it is a scan: that is a viewer's window, and a push past it would hide the step
+        to the next one from the window tracker (32 kHz paging, 0.2 s pauses: p95
+        113-128 -> 180-207 ms)."""
         pc = self.engine.pagecache
         if pc is None or not pc.on or not self.samples_file:
             return False

@@ -226,7 +226,8 @@ class PageCache:
                 if cut > at and not self._store_piece(ctx, tiles, base, at, cut):
                     return
                 # back once the first of them lands, for the pages it brings
-                self._park([t for a, t in pending if a == first][:1], (ctx, tiles, max(s0, (cut - base) // 4), b, since))
+                rest = (ctx, tiles, max(s0, (cut - base) // 4), b, since)
+                self._park([t for a, t in pending if a == first][:1], rest)
                 return
             if not self._store_piece(ctx, tiles, base, at, end):
                 return
