@@ -8,8 +8,9 @@ cache"); then once more with the page cache warm. On another fresh mount,
 rates/<fs>Hz.npy of each recording, the (channels, samples) matrix, read the
 same way. On a third fresh mount, every `.f32` read start to end through
 np.memmap (a page fault a page, what a script computing over a mapped
-channel does), cold and then from the tile cache. A full run makes ROUNDS pairs of direct and mount scans and takes
-the median of their ratios (the re-reads run once, after the last).
+channel does), cold and then from the tile cache. A full run makes ROUNDS
+pairs of direct and mount scans and takes the median of their ratios (the
+re-reads run once, after the last).
 Direct: `mef3io.Reader(path, n_threads=0).read(ch, dtype="float32")` per
 channel (the `.f32` scan's counterpart) and one `read(all channels)` call
 (the matrix's), Reader open included; mef_tools `get_data` per channel.

@@ -106,12 +106,12 @@ class ReadAhead:
         A faulting reader comes back to us past what was pushed for it."""
         for s in reversed(self._streams):
             lo = s.start - tol if s.direction > 0 else s.start
-            reached = s.end if s.pushed is None or s.direction < 0 else max(s.end, s.pushed)
+            reached = s.end if s.pushed is None else max(s.end, s.pushed)
             if s.direction >= 0 and lo <= offset <= reached + tol:
                 return s, 1
         for s in reversed(self._streams):
             hi = s.end + tol if s.direction < 0 else s.end
-            reached = s.start if s.pushed is None or s.direction > 0 else min(s.start, s.pushed)
+            reached = s.start if s.pushed is None else min(s.start, s.pushed)
             if s.direction <= 0 and (s.direction < 0 or offset < s.start) and reached - tol <= end <= hi:
                 return s, -1
         return None, 0
