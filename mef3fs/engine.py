@@ -345,23 +345,22 @@ class ReadContext:
         pc = self.engine.pagecache
         return pc is not None and pc.on and pc.store_file(self, data)
 
-    def stream_reached_end(self, whole: bool) -> None:
-        """A stream's read-ahead reached the end of a channel file. `whole`: its run
-        began at the file's start, a scan even when the channel is shorter than any
-        window (read through, 5 min or less became the group's first window, and the
-        next channel's read fanned all of it out; the followers' page faults then came
-        one FUSE read a page). A viewer's page near the end is no scan. The next channel
-        of its rate group (in info.json's order) is likely read next: its first tiles go
-        ahead."""
+    def stream_reached_end(self) -> None:
+        """A stream's read-ahead reached the end of a channel file. Read from the file's
+        start (the window tracker's first window says, whatever streams the run took),
+        that is a scan even when the channel is shorter than any window (read through,
+        5 min or less became the group's first window, and the next channel's read
+        fanned all of it out; the followers' page faults then came one FUSE read a
+        page). A viewer's page near the end is no scan. The next channel of its rate
+        group (in info.json's order) is likely read next: its first tiles go ahead."""
         rows = getattr(self.file, "rows", None)
         if not self.samples_file or not rows or len(rows) != 1:
             return
         group = group_of(rows[0])
         if group is None:
             return
-        if whole and not self.streaming and 4 * rows[0].n >= WHOLE_SCAN:
+        if not self.streaming and 4 * rows[0].n >= WHOLE_SCAN and group.read_to_end(rows[0]):
             self.streaming = True
-            group.scanned(rows[0])
         keys = [r.key for r in group.rows]
         k = keys.index(rows[0].key) + 1 if rows[0].key in keys else len(keys)
         if k < len(keys):

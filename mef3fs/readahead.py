@@ -157,8 +157,7 @@ class ReadAhead:
         for offset, token in got:
             s.tokens.append((offset, token))
         if s.direction > 0 and hi >= size:
-            # a channel read from its start to its end is a scan, maybe of one after another
-            self._ctx.stream_reached_end(whole=s.origin[0] == 0)
+            self._ctx.stream_reached_end()      # a scan, maybe of one channel after another
         if request <= FAULT_REQUEST:      # big read() requests cost what storing would
             self._push(s)
         log.debug("read-ahead %s [%d, %d) window %d", self._file.label, lo, hi, s.window)

@@ -91,6 +91,16 @@ class InStep:
         m = self._members.get(tiles.key)
         return now - self._t_fanned < STALE and m is not None and now - m[0] < STALE
 
+    def read_to_end(self, tiles) -> bool:
+        """A stream of this channel reached the end of its file. When it leads a first
+        window learned from the file's start, that is a read-through, not a window:
+        forgotten, so the next channel's read is no follower's. -> whether it was."""
+        with self._lock:
+            if self._lead == tiles.key and self._grown and self._win is not None and self._win[0] == 0:
+                self._win = None
+                return True
+            return False
+
     def alone(self, tiles, since: float) -> bool:
         """Is this channel read on its own since `since` (monotonic)? Not when another
         channel of the group is open and has not read yet (a viewer opens every channel
