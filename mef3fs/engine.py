@@ -22,7 +22,7 @@ from .decoders import make_decoder, return_big_buffers_to_the_os
 from .pagecache import PageCache
 from .pool import AHEAD, WINDOW, ThreadPool
 from .procpool import ProcessPool
-from .windows import WINDOW_SECONDS, group_of
+from .windows import WHOLE_SCAN, WINDOW_SECONDS, group_of
 from .stats import Stats
 from .tilecache import TileCache
 from .trace import Trace
@@ -33,7 +33,6 @@ log = logging.getLogger("mef3fs.engine")
 # Tiles at most this many samples are decoded in the calling thread: below
 # ~1 ms of decoding, the round trip to a worker costs more than it saves.
 INPROCESS_SAMPLES = 4096
-WHOLE_SCAN = 1 << 20           # bytes: a channel at least this long read through is scanned, not windowed
 WORKERS_PER_CPU = 4            # --workers above this many per CPU is refused
 QUIET = 0.002                  # seconds without a FUSE read: the reader paused (see Engine.plan)
 DEFER_AT_MOST = 0.02           # seconds read-ahead of the next window waits for such a pause
@@ -359,8 +358,8 @@ class ReadContext:
         group = group_of(rows[0])
         if group is None:
             return
-        if not self.streaming and 4 * rows[0].n >= WHOLE_SCAN and group.read_to_end(rows[0]):
-            self.streaming = True
+        if not self.streaming and 4 * rows[0].n >= WHOLE_SCAN:
+            group.read_to_end(rows[0], self)
         keys = [r.key for r in group.rows]
         k = keys.index(rows[0].key) + 1 if rows[0].key in keys else len(keys)
         if k < len(keys):
@@ -393,8 +392,11 @@ class ReadContext:
         group = group_of(row) if row is not None else None
         if group is None:
             return run >= min_run
-        # longer than any window: a scan, which the window tracker leaves alone
-        self.streaming = run >= 4 * row.fs * WINDOW_SECONDS
+        # longer than any window: a scan, which the window tracker leaves alone from now
+        # on (a scan found at the end of a read-through must not be undone by the next
+        # short run: the channel's reads would open a first window again)
+        if run >= 4 * row.fs * WINDOW_SECONDS:
+            self.streaming = True
         if group.window_mode(row):
             return False
         return run >= max(min_run, 8 * group.width())

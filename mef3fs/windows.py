@@ -34,6 +34,7 @@ log = logging.getLogger("mef3fs.readahead")
 
 STALE = 5.0                   # seconds after which a window or a reader no longer counts
 WINDOW_SECONDS = 300.0        # a window longer than this is a scan
+WHOLE_SCAN = 1 << 20          # bytes: a channel at least this long read whole is scanned, not windowed
 LEAD_TRIGGER = 1024           # samples (a page) of the lead's next window kept out of its page cache
 # windows read ahead in the direction of travel, all but the farthest whole: a
 # viewer's read reaches us (and costs it a round trip) once every this many pages
@@ -91,15 +92,23 @@ class InStep:
         m = self._members.get(tiles.key)
         return now - self._t_fanned < STALE and m is not None and now - m[0] < STALE
 
-    def read_to_end(self, tiles) -> bool:
-        """A stream of this channel reached the end of its file. When it leads a first
-        window learned from the file's start, that is a read-through, not a window:
-        forgotten, so the next channel's read is no follower's. -> whether it was."""
+    def read_to_end(self, tiles, ctx) -> None:
+        """A stream of `ctx` (an open of this channel) reached the end of its file. When
+        it leads a first window learned from the file's start, that is a read-through:
+        see _read_whole."""
         with self._lock:
             if self._lead == tiles.key and self._grown and self._win is not None and self._win[0] == 0:
-                self._win = None
-                return True
-            return False
+                self._read_whole(tiles, ctx, "its stream reached the end")
+
+    def _read_whole(self, tiles, ctx, why: str) -> None:
+        """Lock held. The first window this channel leads is the channel read whole (a
+        scan, not a window): forgotten, so the next channel's read is no follower's,
+        and the open is a scan from now on (its reads are no window's). A channel read
+        through became the group's first window, and the next channel's read fanned all
+        of it out: the channels after it read window by window, with no stream."""
+        log.debug("read-through of %s: %s, window %s forgotten", tiles.channel, why, self._win)
+        self._win = None
+        ctx.streaming = True
 
     def alone(self, tiles, since: float) -> bool:
         """Is this channel read on its own since `since` (monotonic)? Not when another
@@ -143,7 +152,7 @@ class InStep:
         with self._lock:
             self._members[key] = (now, ctx)
             self._opened = None
-            plan, cancel = self._decide(tiles, s0, s1, now)
+            plan, cancel = self._decide(tiles, ctx, s0, s1, now)
             opened = self._opened
         if opened is not None:
             self._arm_guess(engine, opened)
@@ -188,11 +197,17 @@ class InStep:
                 if prio == AHEAD:
                     self._planned.append((a, b, tokens))
 
-    def _decide(self, tiles, s0: int, s1: int, now: float):
+    def _decide(self, tiles, ctx, s0: int, s1: int, now: float):
         """Lock held. -> ([(a, b, rows, prio, rows to push, (tiles, s0, s1) or None, the lead's
         push span or None)], [tokens to cancel])"""
         key, n = tiles.key, tiles.n
         size = s1 - s0
+        if ctx.streaming:
+            # found a scan after the caller looked (a read of the same open in another
+            # thread): no window (see scanned)
+            if self._lead == key and self._grown:
+                self._win = None
+            return [], []
         if self._win is None or now - self._t >= STALE:
             self._open(key, s0, s1, now, grown=True)
             self._last_end = s1
@@ -205,9 +220,13 @@ class InStep:
             if key == self._lead:
                 # what the lead reads, in whatever order (a memmap copy touches a window's
                 # first and last pages first), until it is longer than a window can be
-                self._win = (min(a, s0), max(b, s1))
+                a, b = self._win = (min(a, s0), max(b, s1))
                 self._last_end = s1
-                if self._win[1] - self._win[0] > tiles.fs * WINDOW_SECONDS:
+                if a == 0 and b >= n and 4 * n >= WHOLE_SCAN:
+                    # from its first page to its last: the channel whole, however it goes
+                    # on (a copy of a whole memmap touches both before the rest)
+                    self._read_whole(tiles, ctx, "its first and last pages read")
+                elif b - a > tiles.fs * WINDOW_SECONDS:
                     self._open(key, s0, s1, now, grown=True)     # a scan, or elsewhere: start again
                 return [], []
             if s0 < b and a < s1:

@@ -352,9 +352,37 @@ def test_a_memmap_read_through_gets_its_pages_pushed(mount_fs, long_source):
         assert_same_bytes(got.tobytes(), reference(session, ch).tobytes(), f"{ch}.f32 through np.memmap")
         dd = delta(after, before, "hits", "misses", "push_bytes", "tiles_decoded", "windows")
         assert dd["tiles_decoded"] == 0, (ch, dd)
-        # a FUSE read looks up a tile or two: before the fixes, every page reached us
-        assert dd["hits"] + dd["misses"] <= pages // 4, (ch, pages, dd)
+        # a FUSE read looks up a tile or two: before the fixes, every page reached us.
+        # Pushed ahead, a quarter of them or fewer on a quiet machine; a busy one holds
+        # the stores back while the faults go on (up to 600 of 1,875 beside a bench)
+        assert dd["hits"] + dd["misses"] <= pages // 2, (ch, pages, dd)
         assert dd["push_bytes"] >= os.path.getsize(path) // 2 and dd["windows"] == 0, (ch, dd)
+
+
+def test_the_first_and_last_pages_of_each_channel_decode_no_channel_whole(mount_fs, long_source):
+    """A tool looking where each channel's samples start and end reads the first and
+    the last of them, one channel after the other. The first channel's two pages made
+    the group's first window the whole file, and the second channel's first page read
+    inside it, so it was fanned out: every tile of every channel decoded (240 here)
+    for 8 pages. A first window from a channel's first page to its last is the
+    channel read whole, not a window."""
+    m = mount_ready(mount_fs, long_source, "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    before = read_stats(m)
+    for ch in LONG_CHANNELS:
+        mm = np.memmap(d / f"{ch}.f32", dtype="<f4", mode="r")
+        try:
+            got = np.array([mm[0], mm[-1]])
+        finally:
+            mm._mmap.close()
+        ref = reference(session, ch)
+        np.testing.assert_array_equal(got.view(np.uint32), ref[[0, -1]].view(np.uint32), ch)
+    after = settle(m)
+    dd = delta(after, before, "tiles_decoded", "windows", "windows_ahead")
+    # a channel's first and last tiles, and a tile of read-ahead next to each at most
+    assert dd["windows"] == 0 and dd["windows_ahead"] == 0, dd
+    assert dd["tiles_decoded"] <= 4 * len(LONG_CHANNELS), dd
 
 
 # ---------------------------------------------------------------------------
