@@ -22,7 +22,7 @@ from .decoders import make_decoder, return_big_buffers_to_the_os
 from .pagecache import PageCache
 from .pool import AHEAD, WINDOW, ThreadPool
 from .procpool import ProcessPool
-from .windows import WHOLE_SCAN, WINDOW_SECONDS, group_of
+from .windows import WINDOW_SECONDS, group_of
 from .stats import Stats
 from .tilecache import TileCache
 from .trace import Trace
@@ -358,7 +358,7 @@ class ReadContext:
         group = group_of(rows[0])
         if group is None:
             return
-        if not self.streaming and 4 * rows[0].n >= WHOLE_SCAN:
+        if not self.streaming:
             group.read_to_end(rows[0], self)
         keys = [r.key for r in group.rows]
         k = keys.index(rows[0].key) + 1 if rows[0].key in keys else len(keys)

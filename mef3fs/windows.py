@@ -97,7 +97,8 @@ class InStep:
         it leads a first window learned from the file's start, that is a read-through:
         see _read_whole."""
         with self._lock:
-            if self._lead == tiles.key and self._grown and self._win is not None and self._win[0] == 0:
+            if (self._lead == tiles.key and self._grown and self._win is not None
+                    and self._win[0] == 0 and 4 * tiles.n >= WHOLE_SCAN):
                 self._read_whole(tiles, ctx, "its stream reached the end")
 
     def _read_whole(self, tiles, ctx, why: str) -> None:
@@ -126,7 +127,12 @@ class InStep:
         """This channel is being scanned: a window it opened is not one."""
         if self._lead == tiles.key and self._grown:
             with self._lock:
-                self._win = None
+                self._forget_scanned(tiles.key)
+
+    def _forget_scanned(self, key) -> None:
+        """Lock held. See scanned."""
+        if self._lead == key and self._grown:
+            self._win = None
 
     def _together(self, now: float) -> list:
         return [r for r in self.rows if r.key in self._members and now - self._members[r.key][0] < STALE]
@@ -204,9 +210,8 @@ class InStep:
         size = s1 - s0
         if ctx.streaming:
             # found a scan after the caller looked (a read of the same open in another
-            # thread): no window (see scanned)
-            if self._lead == key and self._grown:
-                self._win = None
+            # thread): no window
+            self._forget_scanned(key)
             return [], []
         if self._win is None or now - self._t >= STALE:
             self._open(key, s0, s1, now, grown=True)
