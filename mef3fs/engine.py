@@ -269,7 +269,8 @@ class _Want:
 class ReadContext:
     """One open handle as the views see the engine (their `cache` argument)."""
 
-    __slots__ = ("engine", "cache", "file", "path", "closed", "ino", "streaming", "samples_file", "_wants")
+    __slots__ = ("engine", "cache", "file", "path", "closed", "ino", "streaming", "whole", "samples_file",
+                 "_wants")
 
     def __init__(self, engine: Engine, file, path: str):
         self.engine, self.cache, self.file, self.path = engine, engine.cache, file, path
@@ -279,6 +280,7 @@ class ReadContext:
         self.closed = False
         self.ino = None                 # the kernel's node id of the file (pagecache.py)
         self.streaming = False          # its reader scans: the stream reads ahead, not the windows
+        self.whole = False              # ... because its channel was read whole (windows.py), until it jumps
         self._wants = None
         group = file.in_step if self.samples_file else None     # a channel's own file
         if group is not None:
@@ -296,6 +298,14 @@ class ReadContext:
         self.cache.samples(tiles, s0, s1, out, engine.tls.rec if engine.trace is not None else None)
         if group is not None:
             group.after_read(tiles)
+
+    def jumped(self) -> None:
+        """A read that continues none of this open's runs, after its channel was read
+        whole: a viewer that looked where the channel starts and ends (its first and
+        last pages) and now reads windows. Its reads are windows again: as a scan's,
+        a viewer paging backward had every page decoded on demand."""
+        log.debug("%s: a jump after the channel was read whole: windows again", self.path)
+        self.streaming = self.whole = False
 
     def prefetch(self, tiles, i: int):
         """The views' per-tile call while a stream walks a byte range (see prefetch_range)."""

@@ -318,6 +318,10 @@ class Mef3fsOperations(fuse.Operations):
         file = handle.file
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
+        if handle.ctx.whole:
+            with handle.lock:
+                if handle.ctx.whole and not handle.readahead.continues(offset, len(dest)):
+                    handle.ctx.jumped()
         engine = self.engine
         engine.read_begins()
         trace = engine.trace

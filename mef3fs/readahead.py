@@ -100,6 +100,10 @@ class ReadAhead:
                                                min(2 * stream.window, 2 * run)))
         self._schedule(stream, size)
 
+    def continues(self, offset: int, size: int) -> bool:
+        """Does a read of `size` bytes at offset continue one of the streams?"""
+        return self._match(offset, offset + size, max(SLACK, 2 * size))[0] is not None
+
     def _match(self, offset: int, end: int, tol: int):
         """The stream this read continues, and which way: forward runs first,
         so a late request inside a forward run is never taken for a backward one.

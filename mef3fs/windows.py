@@ -104,12 +104,13 @@ class InStep:
     def _read_whole(self, tiles, ctx, why: str) -> None:
         """Lock held. The first window this channel leads is the channel read whole (a
         scan, not a window): forgotten, so the next channel's read is no follower's,
-        and the open is a scan from now on (its reads are no window's). A channel read
-        through became the group's first window, and the next channel's read fanned all
-        of it out: the channels after it read window by window, with no stream."""
+        and the open is a scan (its reads are no window's) until a read of it continues
+        none of its runs (ReadContext.jumped). A channel read through became the group's
+        first window, and the next channel's read fanned all of it out: the channels
+        after it read window by window, with no stream."""
         log.debug("read-through of %s: %s, window %s forgotten", tiles.channel, why, self._win)
         self._win = None
-        ctx.streaming = True
+        ctx.streaming = ctx.whole = True
 
     def alone(self, tiles, since: float) -> bool:
         """Is this channel read on its own since `since` (monotonic)? Not when another

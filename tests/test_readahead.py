@@ -434,6 +434,46 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
     assert len(reached) <= (len(seen) - 2) // AHEAD_WINDOWS + 1, (reached, seen)
 
 
+@pytest.mark.parametrize("direction", (+1, -1), ids=("forward", "backward"))
+def test_paging_after_looking_where_each_channel_ends_reads_ahead(mount_fs, long_source, direction):
+    """A viewer that first reads each channel's first and last sample through the
+    memmaps it then pages with. Those two reads make each open a scan (a channel read
+    whole, see the test above), and a scan's reads are no window's: paging backward,
+    every page was decoded on demand (4-12 tiles, every page's 248 reads reaching the
+    daemon); forward, only the channels' streams read ahead, and the first step waited
+    for 4 tiles. A read that continues none of the open's runs (a jump) ends that: the
+    viewer's pages are windows again, read ahead."""
+    m = mount_ready(mount_fs, long_source, "--workers", "2", "--tile-seconds", "1")
+    session = long_source / "long.mefd"
+    d = session_dir(m, "long.mefd")
+    n = 2 * TILE
+    maps = memmaps(d)
+    refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
+    seen = []
+    try:
+        for ch in LONG_CHANNELS:
+            ends = np.array([maps[ch][0], maps[ch][-1]])
+            np.testing.assert_array_equal(ends.view(np.uint32), refs[ch][[0, -1]].view(np.uint32), ch)
+        first = settle(m)
+        for k in range(8):
+            if k == 1:
+                time.sleep(0.1)         # the viewer looks at its first page: both neighbours are read
+            before = settle(m)
+            a = (10 if direction > 0 else 50) * TILE + direction * k * n
+            page = {ch: np.array(maps[ch][a:a + n]) for ch in LONG_CHANNELS}
+            dd = delta(read_stats(m), before, *KEYS)
+            seen.append(dd)
+            for ch, x in page.items():
+                np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
+                                              err_msg=f"{ch} [{a}, {a + n})")
+            if k >= 1:
+                assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
+    finally:
+        maps.clear()
+    total = delta(settle(m), first, *KEYS)
+    assert total["windows_ahead"] > 0 and total["tiles_pushed"] > 0, total
+
+
 def test_a_jump_back_cancels_read_ahead_no_longer_wanted(mount_fs, long_source):
     """Paging forward with one worker and large pages keeps read-ahead queued;
     jumping back to the start makes it unwanted: it is cancelled."""
