@@ -389,6 +389,31 @@ def test_the_first_and_last_pages_of_each_channel_decode_no_channel_whole(mount_
 # paging: the next window of every channel, and a jump back
 # ---------------------------------------------------------------------------
 
+def page_through(m, maps, refs, start: int, step: int, n: int, pages: int) -> tuple[list, dict]:
+    """A viewer paging: n samples of every channel at start, start + step, ... Page 0 is a
+    jump; every later page, the first step included (it finds what was read while page 0
+    was looked at), must find all its tiles decoded or in flight: not one miss. -> (each
+    page's counters, those of the whole run, read-ahead after the last page included)."""
+    seen = []
+    first = settle(m)
+    for k in range(pages):
+        if k == 1:
+            time.sleep(0.1)         # the viewer looks at its first page: both neighbours are read
+        before = settle(m)
+        a = start + k * step
+        page = {ch: np.array(maps[ch][a:a + n]) for ch in LONG_CHANNELS}     # a viewer's page
+        dd = delta(read_stats(m), before, *KEYS)
+        seen.append(dd)
+        for ch, x in page.items():
+            np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
+                                          err_msg=f"{ch} [{a}, {a + n})")
+        if k >= 1:
+            assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
+    total = delta(settle(m), first, *KEYS)      # read-ahead runs between the pages, after their reads
+    assert total["windows_ahead"] > 0 and total["tiles_pushed"] > 0, total
+    return seen, total
+
+
 @pytest.mark.parametrize("seconds", (2, 8), ids=("2s", "8s"))
 @pytest.mark.parametrize("direction", (+1, -1), ids=("forward", "backward"))
 def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_source, direction, seconds):
@@ -405,28 +430,11 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
     pages = 16 if seconds == 2 else 5   # long enough for a prediction off by a page to drift out
     maps = memmaps(d)
     refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
-    seen = []
     start = (10 if seconds == 2 else 2) * TILE if direction > 0 else 50 * TILE
-    first = settle(m)
     try:
-        for k in range(pages):
-            if k == 1:
-                time.sleep(0.1)         # the viewer looks at its first page: both neighbours are read
-            before = settle(m)
-            a = start + direction * k * n
-            page = {ch: np.array(maps[ch][a:a + n]) for ch in LONG_CHANNELS}     # a viewer's page
-            dd = delta(read_stats(m), before, *KEYS)
-            seen.append(dd)
-            for ch, x in page.items():
-                np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
-                                              err_msg=f"{ch} [{a}, {a + n})")
-            # page 0 is a jump; the first step finds what was read while it was looked at
-            if k >= 1:
-                assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
+        seen, _ = page_through(m, maps, refs, start, direction * n, n, pages)
     finally:
         maps.clear()
-    total = delta(settle(m), first, *KEYS)      # read-ahead runs between the pages, after their reads
-    assert total["windows_ahead"] > 0 and total["tiles_pushed"] > 0, total
     # Whole windows ahead are in the page cache: once the steps are known, a page's
     # reads reach the daemon only where the farthest window read ahead begins, one
     # page in AHEAD_WINDOWS (page 1 found what was read while page 0 was looked at).
@@ -437,8 +445,9 @@ def test_paging_reads_the_next_window_of_every_channel_ahead(mount_fs, long_sour
 @pytest.mark.parametrize("direction", (+1, -1), ids=("forward", "backward"))
 def test_paging_after_looking_where_each_channel_ends_reads_ahead(mount_fs, long_source, direction):
     """A viewer that first reads each channel's first and last sample through the
-    memmaps it then pages with. Those two reads make each open a scan (a channel read
-    whole, see the test above), and a scan's reads are no window's: paging backward,
+    memmaps it then pages with. Those two reads make each open a scan (the channel
+    read whole, as in the test of a tool looking where samples start and end), and a
+    scan's reads are no window's: paging backward,
     every page was decoded on demand (4-12 tiles, every page's 248 reads reaching the
     daemon); forward, only the channels' streams read ahead, and the first step waited
     for 4 tiles. A read that continues none of the open's runs (a jump) ends that: the
@@ -449,29 +458,13 @@ def test_paging_after_looking_where_each_channel_ends_reads_ahead(mount_fs, long
     n = 2 * TILE
     maps = memmaps(d)
     refs = {ch: reference(session, ch) for ch in LONG_CHANNELS}
-    seen = []
     try:
         for ch in LONG_CHANNELS:
             ends = np.array([maps[ch][0], maps[ch][-1]])
             np.testing.assert_array_equal(ends.view(np.uint32), refs[ch][[0, -1]].view(np.uint32), ch)
-        first = settle(m)
-        for k in range(8):
-            if k == 1:
-                time.sleep(0.1)         # the viewer looks at its first page: both neighbours are read
-            before = settle(m)
-            a = (10 if direction > 0 else 50) * TILE + direction * k * n
-            page = {ch: np.array(maps[ch][a:a + n]) for ch in LONG_CHANNELS}
-            dd = delta(read_stats(m), before, *KEYS)
-            seen.append(dd)
-            for ch, x in page.items():
-                np.testing.assert_array_equal(x.view(np.uint32), refs[ch][a:a + n].view(np.uint32),
-                                              err_msg=f"{ch} [{a}, {a + n})")
-            if k >= 1:
-                assert dd["misses"] == 0, f"page {k} was not all read ahead after page {k - 1}: {seen}"
+        page_through(m, maps, refs, (10 if direction > 0 else 50) * TILE, direction * n, n, 8)
     finally:
         maps.clear()
-    total = delta(settle(m), first, *KEYS)
-    assert total["windows_ahead"] > 0 and total["tiles_pushed"] > 0, total
 
 
 def test_a_jump_back_cancels_read_ahead_no_longer_wanted(mount_fs, long_source):
