@@ -8,9 +8,10 @@ to --readahead and to twice what the run has read; a read that fits no
 stream starts one, and the stream it displaces has its read-ahead
 cancelled. A stream of page faults (a memmap read through) has what it
 reads ahead put into the kernel's page cache as it lands (pagecache.py),
-but for its far end: the reader's read there reaches us and carries the
-stream on. What is pushed runs a margin ahead of the reader (it would race
-us for the nearest pages) and goes out in batches: a stream still growing
+but for a page halfway through each batch: the reader's fault there
+reaches us and carries the stream on while half the batch is still ahead
+of it. What is pushed runs a margin ahead of the reader (it would race us
+for the nearest pages) and goes out in batches: a stream still growing
 asks for read-ahead a few pages at a time, and stores that small cost what
 the faults would. A handful are tracked because a memmap or several threads
 interleave several. A channel whose group is being read window by window
@@ -33,6 +34,7 @@ BATCHES = 4                   # a widest window is topped up a quarter at a time
 FAULT_REQUEST = 32 << 10      # bytes: requests this small are page faults (a memmap), not read()
 PUSH_MARGIN = 64 << 10        # bytes between a faulting reader and what is pushed for it
 PUSH_BATCH = 256 << 10        # bytes: pushes go out once this much is due
+PAGE = 4096
 
 
 class _Stream:
@@ -168,20 +170,37 @@ class ReadAhead:
 
     def _push(self, s: _Stream) -> None:
         """What the stream has asked for, from PUSH_MARGIN past the reader to PUSH_MARGIN
-        short of the horizon (or to the file's end), as far as not pushed yet."""
+        short of the horizon (or to the file's end), as far as not pushed yet, but for
+        one page halfway (see _push_around)."""
         size = self._file.size
         if s.direction > 0:
             lo = max(s.end + PUSH_MARGIN, s.pushed or 0)
             hi = size if s.horizon >= size else s.horizon - PUSH_MARGIN
             if hi - lo >= PUSH_BATCH or (hi == size and hi > lo):
-                if self._ctx.push_stream(lo, hi, s.since):
+                if self._push_around(lo, hi, s.since):
                     s.pushed = hi
         else:
             hi = min(s.start - PUSH_MARGIN, size if s.pushed is None else s.pushed)
             lo = 0 if s.horizon <= 0 else s.horizon + PUSH_MARGIN
             if hi - lo >= PUSH_BATCH or (lo == 0 and hi > lo):
-                if self._ctx.push_stream(lo, hi, s.since):
+                if self._push_around(lo, hi, s.since):
                     s.pushed = lo
+
+    def _push_around(self, lo: int, hi: int, since: float) -> bool:
+        """Bytes [lo, hi) but the page halfway: the reader's fault there reaches us while
+        half the batch is still ahead of it, and carries the stream on (the next batch
+        goes in while it reads that half), as the kernel's readahead marks a page to
+        start the next window early. Pushed whole, a batch was next heard of when the
+        reader faulted past it: it then faulted a page at a time until the next batch
+        landed (from the tile cache at 1 kHz, 176 of a channel's 3,516 pages came as
+        FUSE reads, which took most of the read-through's time)."""
+        mark = (lo + (hi - lo) // 2) // PAGE * PAGE
+        if hi - lo < 4 * PAGE or mark <= lo:
+            return self._ctx.push_stream(lo, hi, since)
+        if not self._ctx.push_stream(lo, mark, since):
+            return False
+        self._ctx.push_stream(mark + PAGE, hi, since)
+        return True
 
     def _forget_behind(self, s: _Stream) -> None:
         """Tokens the stream has passed are not cancelled later; forget them."""

@@ -359,6 +359,59 @@ def test_a_memmap_read_through_gets_its_pages_pushed(mount_fs, long_source):
         assert dd["push_bytes"] >= os.path.getsize(path) // 2 and dd["windows"] == 0, (ch, dd)
 
 
+class _InstantPushes:
+    """A ReadAhead's file and open, where what it pushes is in the page cache at once (as
+    if stores never lagged) and every tile is cached: its push policy alone."""
+
+    def __init__(self, size: int):
+        self.size, self.label, self.streaming = size, "k1", False
+        self.cached: set = set()            # pages in the page cache
+
+    def stream_wanted(self, offset, run, min_run):
+        return run >= min_run
+
+    def tile_bytes(self, offset):
+        return 4 * TILE
+
+    def prefetch_range(self, file, lo, hi):
+        return []
+
+    def stream_reached_end(self):
+        self.streaming = True
+
+    def cancel(self, tokens):
+        pass
+
+    def push_stream(self, lo, hi, since):
+        last = -(-hi // 4096) if hi >= self.size else hi // 4096
+        self.cached.update(range(-(-lo // 4096), last))
+        return True
+
+
+def test_a_read_through_faults_a_page_a_pushed_batch():
+    """A memmap read through a channel, its stream's read-ahead pushed into the page
+    cache. A batch pushed whole was next heard of when the reader faulted past it: the
+    17 pages from there (PUSH_MARGIN and one) then faulted one by one, even with stores
+    that land at once (133 faults for a 1 h 1 kHz channel, 51 after its first run). One
+    page halfway is left out of each batch: the reader's fault there carries the stream
+    on while half the batch is still ahead of it, and it faults that page alone (88
+    faults, 6 after the first run)."""
+    from mef3fs.readahead import ReadAhead
+    size = 3_600_000 * 4
+    io = _InstantPushes(size)
+    ra = ReadAhead(io, io, 64 << 20)
+    faults = []
+    for page in range(-(-size // 4096)):
+        if page not in io.cached:
+            faults.append(page)
+            ra.after_read(4096 * page, min(4096, size - 4096 * page))
+    later = [p for p in faults if p > faults[0] and p - 1 in io.cached]   # faults past a push
+    first_run = faults.index(later[0]) if later else len(faults)
+    assert first_run <= (256 + 64) // 4 + 4, faults          # MIN_RUN, then PUSH_MARGIN
+    assert later and all(b - a > 1 for a, b in zip(later, later[1:])), faults
+    assert len(faults) - first_run == len(later) <= 16, faults
+
+
 def test_the_first_and_last_pages_of_each_channel_decode_no_channel_whole(mount_fs, long_source):
     """A tool looking where each channel's samples start and end reads the first and
     the last of them, one channel after the other. The first channel's two pages made
