@@ -318,10 +318,9 @@ class Mef3fsOperations(fuse.Operations):
         file = handle.file
         if handle.session is not None and handle.session.superseded_by is not None:
             file = self._follow(handle)
-        if handle.ctx.whole:
+        if handle.ctx.whole:            # rare: one attribute on every read, the rest only then
             with handle.lock:
-                if handle.ctx.whole and not handle.readahead.continues(offset, len(dest)):
-                    handle.ctx.jumped()
+                handle.readahead.before_read(offset, len(dest))
         engine = self.engine
         engine.read_begins()
         trace = engine.trace

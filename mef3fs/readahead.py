@@ -24,6 +24,8 @@ import collections
 import logging
 import time
 
+from .pagecache import PAGE
+
 log = logging.getLogger("mef3fs.readahead")
 
 MAX_STREAMS = 4
@@ -34,7 +36,6 @@ BATCHES = 4                   # a widest window is topped up a quarter at a time
 FAULT_REQUEST = 32 << 10      # bytes: requests this small are page faults (a memmap), not read()
 PUSH_MARGIN = 64 << 10        # bytes between a faulting reader and what is pushed for it
 PUSH_BATCH = 256 << 10        # bytes: pushes go out once this much is due
-PAGE = 4096
 
 
 class _Stream:
@@ -64,10 +65,7 @@ class ReadAhead:
         if self._max == 0 or size <= 0:
             return
         end = offset + size
-        # Requests in flight together (kernel readahead, memmap faults) may
-        # finish out of order by a request or two.
-        tol = max(SLACK, 2 * size)
-        stream, direction = self._match(offset, end, tol)
+        stream, direction = self._match(offset, end)
         if stream is None:
             if len(self._streams) >= MAX_STREAMS:
                 self._drop(self._streams.pop(0))
@@ -102,14 +100,20 @@ class ReadAhead:
                                                min(2 * stream.window, 2 * run)))
         self._schedule(stream, size)
 
-    def continues(self, offset: int, size: int) -> bool:
-        """Does a read of `size` bytes at offset continue one of the streams?"""
-        return self._match(offset, offset + size, max(SLACK, 2 * size))[0] is not None
+    def before_read(self, offset: int, size: int) -> None:
+        """An open whose channel was read whole (ctx.whole) reads windows again once a
+        read of it continues none of its streams (ReadContext.jumped); told before the
+        read, so the window tracker sees the jump itself."""
+        if self._ctx.whole and self._match(offset, offset + size)[0] is None:
+            self._ctx.jumped()
 
-    def _match(self, offset: int, end: int, tol: int):
+    def _match(self, offset: int, end: int):
         """The stream this read continues, and which way: forward runs first,
         so a late request inside a forward run is never taken for a backward one.
         A faulting reader comes back to us past what was pushed for it."""
+        # Requests in flight together (kernel readahead, memmap faults) may
+        # finish out of order by a request or two.
+        tol = max(SLACK, 2 * (end - offset))
         for s in reversed(self._streams):
             lo = s.start - tol if s.direction > 0 else s.start
             reached = s.end if s.pushed is None else max(s.end, s.pushed)
@@ -194,9 +198,9 @@ class ReadAhead:
         reader faulted past it: it then faulted a page at a time until the next batch
         landed (from the tile cache at 1 kHz, 176 of a channel's 3,516 pages came as
         FUSE reads, which took most of the read-through's time)."""
-        mark = (lo + (hi - lo) // 2) // PAGE * PAGE
-        if hi - lo < 4 * PAGE or mark <= lo:
+        if hi - lo < 4 * PAGE:
             return self._ctx.push_stream(lo, hi, since)
+        mark = (lo + (hi - lo) // 2) // PAGE * PAGE
         if not self._ctx.push_stream(lo, mark, since):
             return False
         self._ctx.push_stream(mark + PAGE, hi, since)
